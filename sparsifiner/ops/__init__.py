@@ -1,0 +1,24 @@
+"""Bottom layer: the TopKMaskedAttention reference, its torch.library op, and sparse scores."""
+from sparsifiner.ops.custom_op import topk_masked_attention
+from sparsifiner.ops.reference import (
+    connectivity_scores,
+    full_mask,
+    masked_attention,
+    masked_softmax,
+    topk_indices,
+    topk_mask,
+    topk_masked_attention_reference,
+)
+from sparsifiner.ops.sparse_scores import sparse_connectivity_scores
+
+__all__ = [
+    "connectivity_scores",
+    "full_mask",
+    "masked_attention",
+    "masked_softmax",
+    "sparse_connectivity_scores",
+    "topk_indices",
+    "topk_mask",
+    "topk_masked_attention",
+    "topk_masked_attention_reference",
+]

@@ -1,0 +1,103 @@
+"""The eager PyTorch reference of TopKMaskedAttention: the specification.
+
+Every fast path (CUDA kernel, ONNX graph, TensorRT engine) is compared against
+these functions. They are differentiable with respect to q, k and v (phase-2
+training uses them directly) and never with respect to the mask.
+
+Numerics: scores, logits and the softmax are computed in fp32 whatever the input
+dtype, so fp16 logits that would overflow in half precision stay finite; the output
+is cast back to the input dtype. Ties in the top-k go to the lower key index: a
+stable descending sort keeps equal scores in index order.
+"""
+from __future__ import annotations
+
+import torch
+
+from sparsifiner.errors import SparsifinerError
+
+
+def connectivity_scores(coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """S = coef @ basis in fp32: [..., M, R] x [R, N] -> [..., M, N]."""
+    return torch.matmul(coef.float(), basis.float())
+
+
+def topk_indices(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Indices of the ``budget`` largest scores per row; ties go to the lower index."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order[..., :budget]
+
+
+def topk_mask(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Boolean mask with exactly ``budget`` True entries per row (see topk_indices)."""
+    idx = topk_indices(scores, budget)
+    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, idx, True)
+
+
+def full_mask(row_mask: torch.Tensor, cls_rows: int = 1) -> torch.Tensor:
+    """Prepend ``cls_rows`` dense rows to a [B, H, N-c, N] mask -> [B, H, N, N]."""
+    *lead, _, n = row_mask.shape
+    dense = torch.ones(*lead, cls_rows, n, dtype=torch.bool, device=row_mask.device)
+    return torch.cat([dense, row_mask], dim=-2)
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the True entries of each row; a row with no True entry gives zeros.
+
+    An empty row is softmaxed over zeros (finite, no NaN in forward or backward) and
+    then multiplied by its all-False mask, so it contributes nothing.
+    """
+    logits = logits.masked_fill(~mask, float("-inf"))
+    nonempty = mask.any(dim=-1, keepdim=True)
+    logits = torch.where(nonempty, logits, torch.zeros_like(logits))
+    return torch.softmax(logits, dim=-1) * mask
+
+
+def masked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(scale * q k^T, masked) v in fp32, cast back to q's dtype. mask: [B, H, N, N]."""
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    probs = masked_softmax(logits, mask)
+    if dropout_p > 0:
+        probs = torch.nn.functional.dropout(probs, p=dropout_p)
+    return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+def check_inputs(q, k, v, coef, basis, budget: int, cls_rows: int) -> None:
+    """Shape and range checks of the op contract (raises SparsifinerError)."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise SparsifinerError(
+            f"q, k, v must all be [B, H, N, d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, n, _ = q.shape
+    if basis.dim() != 2 or basis.shape[1] != n:
+        raise SparsifinerError(f"basis must be [R, N={n}], got {tuple(basis.shape)}")
+    if not 0 <= cls_rows < n:
+        raise SparsifinerError(f"cls_rows {cls_rows} must be in [0, {n})")
+    expected = (b, h, n - cls_rows, basis.shape[0])
+    if tuple(coef.shape) != expected:
+        raise SparsifinerError(f"coef must be [B, H, N-c, R] = {expected}, got {tuple(coef.shape)}")
+    if not 1 <= budget <= n:
+        raise SparsifinerError(f"budget {budget} is out of range: it must be between 1 and N = {n}")
+
+
+def topk_masked_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    coef: torch.Tensor,
+    basis: torch.Tensor,
+    budget: int,
+    scale: float,
+    cls_rows: int = 1,
+) -> torch.Tensor:
+    """TopKMaskedAttention as the op contract (sparsifiner.op_spec) defines it."""
+    check_inputs(q, k, v, coef, basis, budget, cls_rows)
+    with torch.no_grad():
+        mask = full_mask(topk_mask(connectivity_scores(coef, basis), budget), cls_rows)
+    return masked_attention(q, k, v, mask, scale)

@@ -1,0 +1,118 @@
+"""Model settings: every knob of the connectivity predictor and the budgeted attention.
+
+One frozen dataclass, validated on construction. Only the CLI turns flags or a YAML
+recipe into it; checkpoints store it as JSON. Defaults follow METHOD.md (the paper's
+supplementary), and where the paper and the authors' code differ the choice is a
+setting whose docstring names both.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from sparsifiner.errors import SparsifinerError
+
+COEF_PRUNE_MODES = ("threshold", "topk", "none")
+BASIS_PRUNE_MODES = ("abs", "signed")
+SCORE_SCALES = ("reduced", "heads")
+BUDGET_TOKENS = ("patches", "all")
+MODES = ("dense", "sparse")
+
+
+@dataclass(frozen=True)
+class SparsifinerSettings:
+    """Settings of the connectivity mask predictor and the sparse attention.
+
+    keep_rate: share of keys each non-CLS query keeps, in (0, 1]; ignored when
+        ``budget`` is given.
+    budget: explicit number of keys per non-CLS query (1 <= budget <= N).
+    budget_tokens: what keep_rate multiplies. "patches": ceil(keep_rate * patch
+        tokens), the paper's convention (DeiT-S at 0.25 -> 49). "all":
+        ceil(keep_rate * N), the authors' code (-> 50).
+    n_down: rank R of the token reduction P_down [N, R] and the basis W_up [R, N]
+        (supplementary: 32).
+    reduce_c_factor: channel reduction of q and k, d_r = head_dim // factor (2).
+    basis_threshold: tau_basis; basis entries with |w| <= tau become 0 (0.01).
+    basis_prune: "abs" keeps |w| (the authors' code thresholds basis.abs());
+        "signed" keeps w with its sign.
+    coef_prune: coefficient pruning in sparse mode: "threshold" zeroes A_down
+        entries <= coef_threshold (0.05, the paper); "topk" keeps the coef_topk (8)
+        largest per row (the released config); "none" keeps all.
+    shared_projection: use P_down^T as the basis instead of a separate W_up.
+    score_scale: scale of the predictor's low-rank logits: "reduced" is d_r ** -0.5
+        (principled), "heads" is num_heads ** -0.5 (the authors' code).
+    """
+
+    keep_rate: float = 0.25
+    budget: Optional[int] = None
+    budget_tokens: str = "patches"
+    n_down: int = 32
+    reduce_c_factor: int = 2
+    basis_threshold: float = 0.01
+    basis_prune: str = "abs"
+    coef_prune: str = "threshold"
+    coef_threshold: float = 0.05
+    coef_topk: int = 8
+    shared_projection: bool = False
+    score_scale: str = "reduced"
+
+    def __post_init__(self):
+        if not (isinstance(self.keep_rate, (int, float)) and 0 < self.keep_rate <= 1):
+            raise SparsifinerError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
+            raise SparsifinerError(f"budget must be a positive integer, got {self.budget}")
+        _check_choice("budget_tokens", self.budget_tokens, BUDGET_TOKENS)
+        _check_choice("basis_prune", self.basis_prune, BASIS_PRUNE_MODES)
+        _check_choice("coef_prune", self.coef_prune, COEF_PRUNE_MODES)
+        _check_choice("score_scale", self.score_scale, SCORE_SCALES)
+        if self.n_down < 1:
+            raise SparsifinerError(f"n_down must be >= 1, got {self.n_down}")
+        if self.reduce_c_factor < 1:
+            raise SparsifinerError(f"reduce_c_factor must be >= 1, got {self.reduce_c_factor}")
+        if self.basis_threshold < 0 or self.coef_threshold < 0:
+            raise SparsifinerError("basis_threshold and coef_threshold must be >= 0")
+        if self.coef_topk < 1:
+            raise SparsifinerError(f"coef_topk must be >= 1, got {self.coef_topk}")
+
+    def resolve_budget(self, num_tokens: int, num_prefix_tokens: int = 1) -> int:
+        """The number of keys kept per non-CLS query for a sequence of num_tokens."""
+        if self.budget is not None:
+            budget = self.budget
+        else:
+            base = num_tokens - num_prefix_tokens if self.budget_tokens == "patches" else num_tokens
+            # round() first so 0.25 * 196 = 49.000000001 cannot become 50
+            budget = max(1, math.ceil(round(self.keep_rate * base, 9)))
+        if budget > num_tokens:
+            raise SparsifinerError(
+                f"budget {budget} is above the number of keys ({num_tokens}): pass --budget <= {num_tokens}"
+            )
+        return budget
+
+    def check_tokens(self, num_tokens: int) -> None:
+        """Check the settings fit a sequence of num_tokens (raises SparsifinerError)."""
+        if self.n_down > num_tokens:
+            raise SparsifinerError(
+                f"n_down {self.n_down} is above the number of tokens ({num_tokens}): use --n-down <= {num_tokens}"
+            )
+        self.resolve_budget(num_tokens)
+
+    def replace(self, **changes) -> "SparsifinerSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SparsifinerSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise SparsifinerError(f"unknown Sparsifiner settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise SparsifinerError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
