@@ -1,0 +1,122 @@
+"""SparsifinerAttention: timm's Attention with a connectivity predictor and a budget.
+
+The qkv and proj weights are timm's own modules, kept under the same names, so a
+timm state dict loads into a sparsified model unchanged. Modes:
+  dense   attention is dense (phase 1: the features stay the teacher's);
+  sparse  each non-CLS query attends to its top-``budget`` keys (section 3).
+With ``record_aux`` set (see sparsifiner.model.collect_aux) the layer also keeps its
+per-block tensors for training and figures: coefficients, scores, mask and the dense
+attention probabilities. Inference leaves it off and pays for none of them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsifiner.errors import SparsifinerError
+from sparsifiner.layers.predictor import ConnectivityPredictor
+from sparsifiner.ops import (
+    connectivity_scores,
+    full_mask,
+    masked_softmax,
+    topk_mask,
+    topk_masked_attention,
+)
+from sparsifiner.settings import MODES, SparsifinerSettings
+
+
+class SparsifinerAttention(nn.Module):
+    """Multi-head self-attention with learned, instance-dependent budgeted sparsity."""
+
+    def __init__(self, attn: nn.Module, num_tokens: int, settings: SparsifinerSettings,
+                 num_prefix_tokens: int = 1):
+        super().__init__()
+        settings.check_tokens(num_tokens)
+        self.num_heads = attn.num_heads
+        self.head_dim = attn.head_dim
+        self.attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
+        self.scale = attn.scale
+        self.num_tokens = num_tokens
+        self.num_prefix_tokens = num_prefix_tokens
+        self.settings = settings
+        self.budget = settings.resolve_budget(num_tokens, num_prefix_tokens)
+        # timm's submodules, same names: state dicts stay compatible.
+        self.qkv = attn.qkv
+        self.q_norm = attn.q_norm
+        self.k_norm = attn.k_norm
+        self.attn_drop = attn.attn_drop
+        self.norm = attn.norm
+        self.gate = getattr(attn, "gate", None)
+        self.proj = attn.proj
+        self.proj_drop = attn.proj_drop
+        self.predictor = ConnectivityPredictor(num_tokens, self.num_heads, self.head_dim, settings,
+                                               num_prefix_tokens)
+        self.mode = "sparse"
+        self.record_aux = False
+        self.aux: Optional[dict] = None
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise SparsifinerError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        self.mode = mode
+
+    def set_num_tokens(self, num_tokens: int) -> None:
+        """Update N and the budget after a resolution change (see model.resize)."""
+        self.settings.check_tokens(num_tokens)
+        self.num_tokens = num_tokens
+        self.predictor.num_tokens = num_tokens
+        self.budget = self.settings.resolve_budget(num_tokens, self.num_prefix_tokens)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.num_tokens}, budget={self.budget}, mode={self.mode}"
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        if attn_mask is not None or is_causal:
+            raise SparsifinerError("Sparsifiner attention takes no external attention mask or causal flag")
+        b, n, _ = x.shape
+        if n != self.num_tokens:
+            raise SparsifinerError(
+                f"got {n} tokens but the model was built for {self.num_tokens}: "
+                "resize it with sparsifiner.resize_sparsifiner(model, img_size)"
+            )
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        dropout = self.attn_drop.p if self.training else 0.0
+
+        if self.record_aux or (self.mode == "sparse" and dropout > 0):
+            out = self._attend_explicit(q, k, v, dropout)
+        elif self.mode == "dense":
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+        else:
+            coef, basis = self.predictor(q, k, sparse=True)
+            out = topk_masked_attention(q, k, v, coef, basis, self.budget, self.scale, self.num_prefix_tokens)
+
+        out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+        if gate is not None:
+            out = out * gate
+        return self.proj_drop(self.proj(out))
+
+    def _attend_explicit(self, q, k, v, dropout: float) -> torch.Tensor:
+        """Attention with every intermediate kept in self.aux (training, metrics, figures)."""
+        sparse = self.mode == "sparse"
+        coef, basis = self.predictor(q, k, sparse=sparse)
+        scores = connectivity_scores(coef, basis)  # differentiable: the phase-1 loss uses it
+        with torch.no_grad():
+            row_mask = topk_mask(scores.detach(), self.budget)
+        logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * self.scale
+        dense_attn = torch.softmax(logits, dim=-1)
+        if sparse:
+            attn = masked_softmax(logits, full_mask(row_mask, self.num_prefix_tokens))
+        else:
+            attn = dense_attn
+        aux = {"coef": coef, "basis": basis, "scores": scores, "mask": row_mask, "attn": dense_attn}
+        if sparse:
+            aux["sparse_attn"] = attn
+        self.aux = aux if self.record_aux else None
+        if dropout > 0:
+            attn = F.dropout(attn, p=dropout)
+        return torch.matmul(attn, v.float()).to(q.dtype)
