@@ -1,0 +1,5 @@
+"""INT8 calibration for TensorRT engines (``sparsifiner.calib``).
+
+Planned: a calibrator that takes any iterable of ``{input_name: array}`` plus a cache
+path (Polygraphy's model). Nothing here is implemented yet; no command uses it.
+"""

@@ -1,0 +1,5 @@
+"""C++/CUDA sources of the TopKMaskedAttention kernel and TensorRT plugin.
+
+Installed as ``sparsifiner.trt_plugins`` so the sources ship with the package and the
+torch extension can be built on demand (see ``sparsifiner.ops.kernel``).
+"""
