@@ -59,6 +59,8 @@ def topk_masked_attention(
     Differentiable in q, k and v when gradients are needed; otherwise the registered
     op runs (the CUDA kernel on GPU once loaded, else the reference).
     """
+    # The mask carries no gradient (METHOD.md section 2.8): coef and basis only select keys.
+    coef, basis = coef.detach(), basis.detach()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if needs_grad and not _exporting():
         return topk_masked_attention_reference(q, k, v, coef, basis, budget, scale, cls_rows)

@@ -7,6 +7,8 @@ matrices touches only the nonzero pairs and returns S in sparse form: the dense
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -18,4 +20,6 @@ def sparse_connectivity_scores(coef: torch.Tensor, basis: torch.Tensor) -> torch
     gives the dense product. Computed in fp32.
     """
     rows = coef.reshape(-1, coef.shape[-1]).float().to_sparse()
-    return torch.sparse.mm(rows, basis.float().to_sparse()).coalesce()
+    with warnings.catch_warnings():  # torch flags its sparse kernels as beta on every call
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse.mm(rows, basis.float().to_sparse()).coalesce()

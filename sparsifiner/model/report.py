@@ -1,0 +1,62 @@
+"""``sparsifiner info``: what a Sparsifiner model is made of, as a dict and a table."""
+from __future__ import annotations
+
+from typing import Optional
+
+from sparsifiner.settings import SparsifinerSettings
+
+
+def model_info(model_name: str, settings: Optional[SparsifinerSettings] = None, *, img_size: Optional[int] = None,
+               checkpoint: Optional[str] = None) -> dict:
+    """Blocks, heads, tokens, budget, predictor shapes and parameter counts."""
+    from sparsifiner.model.sparsify import count_parameters, create_sparsifiner, sparse_layers
+
+    if checkpoint is not None:
+        from sparsifiner.model.io import load_sparsifiner
+        from sparsifiner.model.resize import resize_sparsifiner
+
+        model = load_sparsifiner(checkpoint)
+        if img_size is not None:
+            resize_sparsifiner(model, img_size)
+        model_name = model.sparsifiner_arch["model"]
+    else:
+        model = create_sparsifiner(model_name, settings, img_size=img_size)
+    layers = sparse_layers(model)
+    first = layers[0]
+    return {
+        "model": model_name,
+        "img_size": list(model.patch_embed.img_size),
+        "patch_size": list(model.patch_embed.patch_size),
+        "blocks": len(layers),
+        "embed_dim": model.embed_dim,
+        "heads": first.num_heads,
+        "head_dim": first.head_dim,
+        "tokens": first.num_tokens,
+        "patch_tokens": model.patch_embed.num_patches,
+        "budget": first.budget,
+        "keep_rate": model.sparsifiner_settings.keep_rate,
+        "n_down": model.sparsifiner_settings.n_down,
+        "reduced_dim": first.predictor.reduced_dim,
+        "mode": first.mode,
+        "basis_pruned": all(bool(layer.predictor.basis_is_pruned) for layer in layers),
+        "parameters": count_parameters(model),
+        "settings": model.sparsifiner_settings.to_dict(),
+    }
+
+
+def format_info(data: dict) -> str:
+    p = data["parameters"]
+    rows = [
+        ("model", data["model"]),
+        ("image size", "x".join(map(str, data["img_size"])) + f" (patch {data['patch_size'][0]})"),
+        ("blocks", data["blocks"]),
+        ("heads x head dim", f"{data['heads']} x {data['head_dim']} (embed {data['embed_dim']})"),
+        ("tokens N", f"{data['tokens']} (1 CLS + {data['patch_tokens']} patches)"),
+        ("budget B", f"{data['budget']} keys per query (keep rate {data['keep_rate']})"),
+        ("predictor", f"rank R = {data['n_down']}, reduced dim d_r = {data['reduced_dim']}"),
+        ("mode", data["mode"] + ("" if data["basis_pruned"] else " (basis not pruned yet)")),
+        ("parameters", f"backbone {p['backbone'] / 1e6:.2f} M + predictor {p['predictor'] / 1e6:.3f} M "
+                       f"= {p['total'] / 1e6:.2f} M"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
