@@ -76,6 +76,7 @@ def test_masks_are_deterministic_with_ties(deit_tiny, images):
     for layer in sparse_layers(model):  # an all-equal basis makes every score row a tie
         layer.predictor.pruned_basis.fill_(0.5)
         layer.predictor.basis_is_pruned.fill_(True)
+        layer.predictor._sync_pruned_flag()
     runs = []
     for _ in range(2):
         with torch.no_grad(), collect_aux(model) as aux:
