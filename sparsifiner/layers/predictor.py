@@ -57,7 +57,14 @@ class ConnectivityPredictor(nn.Module):
         # as a constant. basis_is_pruned says whether it is valid.
         self.register_buffer("pruned_basis", torch.zeros(rank, num_tokens))
         self.register_buffer("basis_is_pruned", torch.tensor(False))
+        # A Python mirror of basis_is_pruned: torch.export and torch.compile cannot branch on a
+        # buffer's value (bool() of a traced tensor is data-dependent), so forward reads this.
+        self._pruned = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_pruned_flag())
         self.reset_parameters()
+
+    def _sync_pruned_flag(self) -> None:
+        self._pruned = bool(self.basis_is_pruned)
 
     def reset_parameters(self) -> None:
         for lin in (self.proj_q, self.proj_k):
@@ -68,6 +75,7 @@ class ConnectivityPredictor(nn.Module):
             trunc_normal_(self.w_up, std=0.02)
         self.pruned_basis.zero_()
         self.basis_is_pruned.fill_(False)
+        self._pruned = False
 
     @property
     def basis(self) -> torch.Tensor:
@@ -76,7 +84,7 @@ class ConnectivityPredictor(nn.Module):
 
     def sparse_basis(self) -> torch.Tensor:
         """The pruned basis: the stored one after prune_basis_(), else pruned on the fly."""
-        if bool(self.basis_is_pruned):
+        if self._pruned:
             return self.pruned_basis
         return prune_basis_tensor(self.basis, self.settings.basis_threshold, self.settings.basis_prune)
 
@@ -86,6 +94,7 @@ class ConnectivityPredictor(nn.Module):
         pruned = prune_basis_tensor(self.basis, self.settings.basis_threshold, self.settings.basis_prune)
         self.pruned_basis.copy_(pruned)
         self.basis_is_pruned.fill_(True)
+        self._pruned = True
         return float((pruned == 0).float().mean())
 
     def coefficients(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
