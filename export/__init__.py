@@ -1,0 +1,29 @@
+"""ONNX export of Sparsifiner models and its validation in ONNX Runtime (``sparsifiner.export``).
+
+``export_onnx(ExportSettings(...), path)`` writes one of three graph forms (custom op
+with a local-function fallback, standard-op decomposition, dense teacher);
+``validate_onnx(ValidateSettings(...))`` compares the file in ONNX Runtime with the
+PyTorch model. Names load lazily so importing the package does not import torch.
+"""
+from importlib import import_module
+
+_LAZY = {
+    "ExportSettings": "sparsifiner.export.settings",
+    "ModelSource": "sparsifiner.export.settings",
+    "export_onnx": "sparsifiner.export.exporter",
+    "format_export": "sparsifiner.export.exporter",
+    "ValidateSettings": "sparsifiner.export.validate",
+    "validate_onnx": "sparsifiner.export.validate",
+    "format_report": "sparsifiner.export.validate",
+    "source_for_validation": "sparsifiner.export.validate",
+    "read_metadata": "sparsifiner.export.metadata",
+    "compare_outputs": "sparsifiner.export.compare",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparsifiner.export' has no attribute {name!r}")

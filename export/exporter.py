@@ -1,0 +1,230 @@
+"""Export a Sparsifiner (or its dense teacher) to ONNX with torch's current exporter.
+
+``export_onnx(settings, path)`` runs ``torch.onnx.export(..., dynamo=True)`` with a
+``custom_translation_table`` that turns ``sparsifiner::topk_masked_attention`` into
+one TopKMaskedAttention node per block, then post-processes the ModelProto:
+
+* custom: adds the op's model-local function (standard-op body) so any ONNX runtime
+  can run the file; a runtime with a kernel (or TensorRT plugin) uses that instead.
+* decomposed: the same, then inlines the function everywhere: standard ops only.
+* dense: nothing to add (timm's attention exports as MatMul/Softmax).
+
+Quirks handled here: torch's exporter inlines every model-local function while it
+converts opsets, so the function is added after export, written for the model's
+opset; node metadata carrying source paths is dropped; basis initializers and
+attention nodes are named after their block. The file is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Union
+
+from sparsifiner import op_spec
+from sparsifiner.errors import SparsifinerError
+from sparsifiner.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
+from sparsifiner.export.settings import ExportSettings
+
+# Node metadata kept in the file; the rest (stack traces with local paths, FX dumps)
+# is exporter debugging output.
+_KEEP_NODE_METADATA = ("namespace",)
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+# torch.export needs a dynamic dimension's range; the upper bound is only a hint.
+_MAX_DYNAMIC_BATCH = 4096
+
+
+def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
+    """Write the ONNX file settings describe to ``path``; returns a summary dict."""
+    import onnx
+    import torch
+
+    from sparsifiner.export import models, onnx_op
+    from sparsifiner.model import budget_of, settings_of
+    from sparsifiner.model.io import atomic_write
+    from sparsifiner.model.sparsify import arch_of
+
+    path = Path(path)
+    _check_destination(path)
+    start = time.perf_counter()
+    model, sparse, trained = models.load_model(settings.source, settings.attention)
+    if settings.dtype == "fp16":
+        model = model.half()
+    channels, height, width = models.data_config(model)["input_size"]
+    example_batch = 2 if settings.dynamic_batch else settings.batch
+    dtype = torch.float16 if settings.dtype == "fp16" else torch.float32
+    example = torch.randn(example_batch, channels, height, width).to(dtype)
+    dynamic_shapes = None
+    if settings.dynamic_batch:
+        dynamic_shapes = ({0: torch.export.Dim(settings.batch, min=1, max=_MAX_DYNAMIC_BATCH)},)
+
+    onnx_op.register_schema()
+    table = {torch.ops.sparsifiner.topk_masked_attention.default: onnx_op.torch_translation}
+    try:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=settings.opset, custom_translation_table=table,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
+            optimize=True, verify=False, verbose=False,
+        )
+    except SparsifinerError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SparsifinerError(f"torch.onnx.export failed ({type(exc).__name__}: {first}); "
+                               "run with --attention dense to check the backbone exports") from exc
+    proto = program.model_proto
+    got = {imp.domain: imp.version for imp in proto.opset_import}.get("", None)
+    if got != settings.opset:
+        raise SparsifinerError(f"the exporter could not convert the graph to opset {settings.opset} (it is at {got}): "
+                               f"use --opset {got}")
+
+    _clean_node_metadata(proto.graph)
+    custom_nodes = _name_attention_nodes(proto.graph)
+    if settings.attention in ("custom", "decomposed"):
+        if not custom_nodes:
+            raise AssertionError("no TopKMaskedAttention node was exported")
+        proto.functions.append(onnx_op.function_proto(settings.opset))
+    if settings.attention == "decomposed":
+        proto = _inline_op_function(proto)
+
+    sparse_settings = settings_of(sparse)
+    source = settings.source.to_dict()
+    if source["checkpoint"] is not None:
+        source["checkpoint"] = str(Path(source["checkpoint"]).resolve())
+    meta = build_metadata(
+        attention=settings.attention, dtype=settings.dtype, opset=settings.opset, batch=settings.batch,
+        budget=budget_of(sparse), settings=sparse_settings.to_dict(), arch=arch_of(sparse),
+        source=source, trained=trained, data_config=models.data_config(model),
+    )
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "sparsifiner"
+    proto.doc_string = f"Sparsifiner {settings.attention} export of {arch_of(sparse)['model']}"
+
+    onnx.checker.check_model(proto, full_check=True)
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    return {
+        "path": str(path),
+        "attention": settings.attention,
+        "opset": settings.opset,
+        "dtype": settings.dtype,
+        "batch": settings.batch,
+        "model": arch_of(sparse)["model"],
+        "source": settings.source.kind,
+        "trained": trained,
+        "budget": budget_of(sparse),
+        "keep_rate": sparse_settings.keep_rate,
+        "input": [INPUT_NAME, [settings.batch, channels, height, width], settings.dtype],
+        "output": OUTPUT_NAME,
+        "nodes": len(proto.graph.node),
+        "custom_nodes": sum(n.domain == op_spec.OP_DOMAIN for n in proto.graph.node),
+        "bytes": path.stat().st_size,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _check_destination(path: Path) -> None:
+    """Fail before the (slow) export when the file could not be written."""
+    import os
+
+    if path.suffix != ".onnx":
+        raise SparsifinerError(f"--onnx must name a .onnx file, got {path}")
+    if path.is_dir():
+        raise SparsifinerError(f"{path} is a folder: pass a file name ending in .onnx")
+    if not path.parent.exists():
+        raise SparsifinerError(f"output folder {path.parent} does not exist: create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise SparsifinerError(f"cannot write to {path.parent}: choose a writable output folder")
+
+
+def _clean_node_metadata(graph) -> None:
+    for node in graph.node:
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key in _KEEP_NODE_METADATA or p.key == _NAME_SCOPES]
+        del node.metadata_props[:]
+        for key, value in keep:
+            node.metadata_props.add(key=key, value=value)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        del value.metadata_props[:]
+    for init in graph.initializer:
+        del init.metadata_props[:]
+
+
+def _name_attention_nodes(graph) -> list:
+    """Name each TopKMaskedAttention node and its basis initializer after its block.
+
+    ``blocks.3.attn.topk_masked_attention`` reads better in profiles and plugin logs
+    than ``node_topk_masked_attention_3``; the basis becomes
+    ``blocks.3.attn.predictor.pruned_basis`` (the state-dict name).
+    """
+    nodes = [n for n in graph.node if n.domain == op_spec.OP_DOMAIN and n.op_type == op_spec.OP_NAME]
+    inits = {init.name: init for init in graph.initializer}
+    uses: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    taken = set(inits) | {n.name for n in graph.node}
+    for node in nodes:
+        scope = _block_scope(node)
+        if scope is None:
+            continue
+        node_name = f"{scope}.{op_spec.TORCH_OP_NAME}"
+        if node_name not in taken:
+            node.name = node_name
+            taken.add(node_name)
+        basis = node.input[op_spec.INPUT_NAMES.index("basis")]
+        new = f"{scope}.predictor.pruned_basis"
+        if basis in inits and uses.get(basis) == 1 and new not in taken:
+            inits[basis].name = new
+            node.input[op_spec.INPUT_NAMES.index("basis")] = new
+            taken.add(new)
+    for node in graph.node:
+        for i, prop in enumerate(node.metadata_props):
+            if prop.key == _NAME_SCOPES:
+                del node.metadata_props[i]
+                break
+    return nodes
+
+
+def _block_scope(node):
+    for prop in node.metadata_props:
+        if prop.key == _NAME_SCOPES:
+            try:
+                scopes = json.loads(prop.value.replace("'", '"'))
+            except json.JSONDecodeError:
+                return None
+            # [..., 'blocks.3', 'blocks.3.attn', 'topk_masked_attention']: the module path.
+            return scopes[-2] if len(scopes) >= 2 and scopes[-2] else None
+    return None
+
+
+def _inline_op_function(proto):
+    """Inline the op's function into the graph and fold the attribute constants."""
+    import onnx.inliner
+    import onnxscript.optimizer
+
+    proto = onnx.inliner.inline_local_functions(proto)
+    del proto.functions[:]
+    # The inlined bodies read budget, scale and cls_rows through Constant nodes; folding
+    # turns them (and the shape arithmetic around them) into initializers.
+    proto = onnxscript.optimizer.optimize(proto)
+    kept = [imp for imp in proto.opset_import if imp.domain != op_spec.OP_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return proto
+
+
+def format_export(summary: dict) -> str:
+    """A short human summary of export_onnx's result."""
+    form = summary["attention"]
+    what = {"custom": f"{summary['custom_nodes']} TopKMaskedAttention nodes + local function",
+            "decomposed": "standard ops only", "dense": "dense teacher"}[form]
+    lines = [
+        f"wrote {summary['path']} ({summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)",
+        f"  {form} graph of {summary['model']}: {what}; {summary['nodes']} nodes",
+        f"  opset {summary['opset']}, {summary['dtype']}, input {summary['input'][0]} {summary['input'][1]}, "
+        f"budget {summary['budget']} (keep rate {summary['keep_rate']})",
+    ]
+    if not summary["trained"]:
+        lines.append("  note: random predictor (basis pruned on the fly): for deployment testing, not accuracy")
+    return "\n".join(lines)

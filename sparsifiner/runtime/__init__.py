@@ -1,0 +1,1 @@
+"""Runtimes for exported models: ONNX Runtime sessions and TensorRT engine builds."""

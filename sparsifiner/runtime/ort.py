@@ -1,0 +1,157 @@
+"""ONNX Runtime sessions for exported Sparsifiner graphs, with two ways to run the op.
+
+A custom-form graph carries TopKMaskedAttention nodes plus a model-local function of
+the same name. ``op_backend`` picks how ONNX Runtime executes them:
+
+* "function": stock ONNX Runtime inlines the local function (standard ops).
+* "extensions": the op itself runs, as an onnxruntime-extensions Python op whose
+  body is the eager reference (``sparsifiner.ops.reference``). Extensions' Python ops
+  live in the domain ``ai.onnx.contrib`` and take fixed types, so a copy of the graph
+  is rewritten at load time: each node moves to that domain (fp16/bf16 tensors are
+  cast to fp32 around it), and the local function is dropped so nothing can fall
+  back to it. The file on disk is never changed.
+
+Graphs without the op (decomposed, dense) run the same way under either backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from sparsifiner import op_spec
+from sparsifiner.errors import SparsifinerError
+
+OP_BACKENDS = ("function", "extensions")
+# How many times the extensions kernel ran in this process (tests check it is used).
+KERNEL_CALLS = {"count": 0}
+_REGISTERED: dict = {}
+
+
+def load_model_proto(path: Union[str, Path]):
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise SparsifinerError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise SparsifinerError(f"{path} is not a readable ONNX file (corrupt or truncated): export it again") from exc
+
+
+def has_custom_op(model) -> bool:
+    return any(n.domain == op_spec.OP_DOMAIN and n.op_type == op_spec.OP_NAME for n in model.graph.node)
+
+
+def create_session(model_or_path, op_backend: str = "function", providers=("CPUExecutionProvider",),
+                   threads: int = 0):
+    """An InferenceSession for an exported graph; see the module docstring for op_backend."""
+    import onnxruntime as ort
+
+    if op_backend not in OP_BACKENDS:
+        raise SparsifinerError(f"--ort-op must be one of {', '.join(OP_BACKENDS)}; got {op_backend!r}")
+    model = load_model_proto(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if op_backend == "extensions" and has_custom_op(model):
+        model = route_to_extensions(model)
+        from onnxruntime_extensions import get_library_path
+
+        options.register_custom_ops_library(get_library_path())
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SparsifinerError(f"ONNX Runtime cannot load the graph: {first}") from exc
+
+
+def route_to_extensions(model):
+    """A copy of ``model`` whose TopKMaskedAttention nodes run the extensions kernel."""
+    import onnx
+
+    try:
+        from onnxruntime_extensions import PyOp  # noqa: F401  (import check only)
+    except ImportError as exc:
+        raise SparsifinerError("--ort-op extensions needs onnxruntime-extensions: pip install onnxruntime-extensions") from exc
+    model = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    domain = _contrib_domain()
+    op_type = register_kernel()
+    float32 = onnx.TensorProto.FLOAT
+    nodes = []
+    for node in model.graph.node:
+        if not (node.domain == op_spec.OP_DOMAIN and node.op_type == op_spec.OP_NAME):
+            nodes.append(node)
+            continue
+        # Python ops cannot take float16 (the process aborts), so the kernel is fp32 and
+        # other float types are cast around it. Exact: the reference upcasts to fp32 first
+        # and rounds its fp32 result to the input type once, as the Cast back does.
+        inputs = []
+        for name in node.input:
+            if types.get(name, float32) != float32:
+                nodes.append(onnx.helper.make_node("Cast", [name], [f"{name}.{node.name}.f32"], to=float32))
+                name = f"{name}.{node.name}.f32"
+            inputs.append(name)
+        out_type = types.get(node.input[0], float32)
+        outputs = list(node.output) if out_type == float32 else [f"{node.output[0]}.f32"]
+        attrs = list(node.attribute)
+        kernel = onnx.helper.make_node(op_type, inputs, outputs, name=node.name, domain=domain)
+        kernel.attribute.extend(attrs)
+        nodes.append(kernel)
+        if out_type != float32:
+            nodes.append(onnx.helper.make_node("Cast", outputs, list(node.output), to=out_type))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    keep = [f for f in model.functions if not (f.domain == op_spec.OP_DOMAIN and f.name == op_spec.OP_NAME)]
+    del model.functions[:]
+    model.functions.extend(keep)
+    imports = [imp for imp in model.opset_import if imp.domain not in (op_spec.OP_DOMAIN, domain)]
+    imports.append(onnx.helper.make_opsetid(domain, 1))
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+    return model
+
+
+def _contrib_domain() -> str:
+    from onnxruntime_extensions import _ocos
+
+    return _ocos.default_opset_domain()
+
+
+def register_kernel() -> str:
+    """Register the fp32 Python op once per process; returns its op_type."""
+    if "op_type" in _REGISTERED:
+        return _REGISTERED["op_type"]
+    from onnxruntime_extensions import PyOp, onnx_op
+
+    op_type = op_spec.OP_NAME
+    onnx_op(
+        op_type=op_type,
+        inputs=[PyOp.dt_float] * len(op_spec.INPUT_NAMES),
+        outputs=[PyOp.dt_float],
+        attrs={op_spec.ATTR_BUDGET: PyOp.dt_int64, op_spec.ATTR_SCALE: PyOp.dt_float,
+               op_spec.ATTR_CLS_ROWS: PyOp.dt_int64},
+    )(_kernel)
+    _REGISTERED["op_type"] = op_type
+    return op_type
+
+
+def _kernel(q, k, v, coef, basis, **attrs):
+    """The op on fp32 numpy arrays: the eager reference."""
+    import numpy as np
+    import torch
+
+    from sparsifiner.ops.reference import topk_masked_attention_reference
+
+    KERNEL_CALLS["count"] += 1
+    tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (q, k, v, coef, basis)]
+    with torch.no_grad():
+        out = topk_masked_attention_reference(
+            *tensors, int(attrs[op_spec.ATTR_BUDGET]), float(attrs[op_spec.ATTR_SCALE]),
+            int(attrs.get(op_spec.ATTR_CLS_ROWS, op_spec.DEFAULT_CLS_ROWS)),
+        )
+    return out.numpy()
