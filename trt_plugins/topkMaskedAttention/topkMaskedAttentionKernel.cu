@@ -1,0 +1,128 @@
+/*
+ * Launcher of the TopKMaskedAttention kernels: validation, workspace, kernel choice,
+ * shared-memory opt-in and the two launches (basis compression, then attention).
+ * Also holds the row-wise (all types) instantiations.
+ */
+#include "topkMaskedAttentionDispatch.h"
+#include "topkMaskedAttentionKernel.h"
+#include "topkMaskedAttentionRowwise.cuh"
+
+namespace sparsifiner
+{
+namespace kernels
+{
+namespace
+{
+
+constexpr size_t kDEFAULT_SMEM_LIMIT{48 * 1024};
+
+AttentionKernel getRowwiseKernel(DataType t)
+{
+    switch (t)
+    {
+    case DataType::kFLOAT: return &rowwiseTopKAttentionKernel<float>;
+    case DataType::kHALF: return &rowwiseTopKAttentionKernel<__half>;
+    case DataType::kBF16: return &rowwiseTopKAttentionKernel<__nv_bfloat16>;
+    }
+    return nullptr;
+}
+
+AttentionKernel getKernel(LaunchPlan const& plan, TopKMaskedAttentionParams const& p)
+{
+    if (plan.algo == AttentionAlgo::kROWWISE)
+    {
+        return getRowwiseKernel(p.dataType);
+    }
+    if (p.dataType == DataType::kHALF)
+    {
+        return getTiledKernelHalf(p.headDim);
+    }
+    if (p.dataType == DataType::kBF16)
+    {
+        return getTiledKernelBf16(p.headDim);
+    }
+    return nullptr;
+}
+
+} // namespace
+} // namespace kernels
+
+namespace plugin
+{
+
+size_t getTopKMaskedAttentionWorkspaceSize(TopKMaskedAttentionParams const& params) noexcept
+{
+    return kernels::workspaceBytes(params);
+}
+
+char const* validateTopKMaskedAttention(TopKMaskedAttentionParams const& params) noexcept
+{
+    return kernels::validateParams(params);
+}
+
+AttentionAlgo resolveTopKMaskedAttentionAlgo(
+    TopKMaskedAttentionParams const& params, int32_t maxSharedBytes, char const** reason) noexcept
+{
+    char const* why = kernels::validateParams(params);
+    kernels::LaunchPlan plan{};
+    if (why == nullptr)
+    {
+        plan = kernels::planLaunch(params, maxSharedBytes);
+        why = plan.reason;
+    }
+    if (reason != nullptr)
+    {
+        *reason = why;
+    }
+    return why == nullptr ? plan.algo : AttentionAlgo::kAUTO;
+}
+
+cudaError_t launchTopKMaskedAttention(TopKMaskedAttentionParams const& params, cudaStream_t stream) noexcept
+{
+    using namespace kernels;
+    if (validateParams(params) != nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    int32_t device{0};
+    int32_t maxSmem{0};
+    cudaError_t status = cudaGetDevice(&device);
+    if (status == cudaSuccess)
+    {
+        status = cudaDeviceGetAttribute(&maxSmem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    }
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    LaunchPlan const plan = planLaunch(params, maxSmem);
+    AttentionKernel const kernel = plan.reason == nullptr ? getKernel(plan, params) : nullptr;
+    if (kernel == nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+
+    auto* workspace = static_cast<uint8_t*>(params.workspace);
+    auto* counts = reinterpret_cast<int32_t*>(workspace);
+    auto* entries = reinterpret_cast<CsrEntry*>(
+        workspace + alignUp(static_cast<size_t>(params.rank) * sizeof(int32_t), kWORKSPACE_ALIGN));
+    compressBasisKernel<<<static_cast<uint32_t>(params.rank), kCSR_THREADS,
+        kCSR_THREADS / kWARP_SIZE * sizeof(int32_t), stream>>>(
+        params.basis, params.basisType, params.numTokens, counts, entries);
+
+    if (plan.smemBytes > kDEFAULT_SMEM_LIMIT)
+    {
+        status = cudaFuncSetAttribute(reinterpret_cast<void const*>(kernel),
+            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int32_t>(plan.smemBytes));
+        if (status != cudaSuccess)
+        {
+            return status;
+        }
+    }
+    kernel<<<static_cast<uint32_t>(plan.grid), static_cast<uint32_t>(plan.block), plan.smemBytes, stream>>>(
+        params, workspaceCsr(params), plan.warps);
+    return cudaGetLastError();
+}
+
+} // namespace plugin
+} // namespace sparsifiner

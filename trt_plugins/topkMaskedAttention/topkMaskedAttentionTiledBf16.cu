@@ -1,0 +1,19 @@
+/*
+ * Tiled TopKMaskedAttention kernels for bfloat16 (one translation unit per element type
+ * so that nvcc compiles them in parallel).
+ */
+#include "topkMaskedAttentionDispatch.h"
+#include "topkMaskedAttentionTiledInstances.cuh"
+
+namespace sparsifiner
+{
+namespace kernels
+{
+
+AttentionKernel getTiledKernelBf16(int32_t headDim)
+{
+    return tiledKernelFor<__nv_bfloat16>(headDim);
+}
+
+} // namespace kernels
+} // namespace sparsifiner

@@ -1,0 +1,19 @@
+/*
+ * Tiled TopKMaskedAttention kernels for float16 (one translation unit per element type
+ * so that nvcc compiles them in parallel).
+ */
+#include "topkMaskedAttentionDispatch.h"
+#include "topkMaskedAttentionTiledInstances.cuh"
+
+namespace sparsifiner
+{
+namespace kernels
+{
+
+AttentionKernel getTiledKernelHalf(int32_t headDim)
+{
+    return tiledKernelFor<__half>(headDim);
+}
+
+} // namespace kernels
+} // namespace sparsifiner
