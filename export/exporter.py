@@ -16,8 +16,11 @@ attention nodes are named after their block. The file is written atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -61,11 +64,12 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     onnx_op.register_schema()
     table = {torch.ops.sparsifiner.topk_masked_attention.default: onnx_op.torch_translation}
     try:
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=settings.opset, custom_translation_table=table,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
-            optimize=True, verify=False, verbose=False,
-        )
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=settings.opset, custom_translation_table=table,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
+                optimize=True, verify=False, verbose=False,
+            )
     except SparsifinerError:
         raise
     except Exception as exc:
@@ -103,7 +107,10 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     proto.doc_string = f"Sparsifiner {settings.attention} export of {arch_of(sparse)['model']}"
 
     onnx.checker.check_model(proto, full_check=True)
-    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    try:
+        atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    except OSError as exc:  # disk full, permissions changed mid-export, ...
+        raise SparsifinerError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from exc
     return {
         "path": str(path),
         "attention": settings.attention,
@@ -124,6 +131,22 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's progress and opset-conversion chatter (errors still raise)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
 def _check_destination(path: Path) -> None:
     """Fail before the (slow) export when the file could not be written."""
     import os
@@ -132,7 +155,7 @@ def _check_destination(path: Path) -> None:
         raise SparsifinerError(f"--onnx must name a .onnx file, got {path}")
     if path.is_dir():
         raise SparsifinerError(f"{path} is a folder: pass a file name ending in .onnx")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise SparsifinerError(f"output folder {path.parent} does not exist: create it first")
     if not os.access(path.parent, os.W_OK):
         raise SparsifinerError(f"cannot write to {path.parent}: choose a writable output folder")
@@ -222,7 +245,7 @@ def format_export(summary: dict) -> str:
     lines = [
         f"wrote {summary['path']} ({summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)",
         f"  {form} graph of {summary['model']}: {what}; {summary['nodes']} nodes",
-        f"  opset {summary['opset']}, {summary['dtype']}, input {summary['input'][0]} {summary['input'][1]}, "
+        f"  opset {summary['opset']}, {summary['dtype']}, input '{summary['input'][0]}' {summary['input'][1]}, "
         f"budget {summary['budget']} (keep rate {summary['keep_rate']})",
     ]
     if not summary["trained"]:
