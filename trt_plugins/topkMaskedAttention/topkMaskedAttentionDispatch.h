@@ -4,7 +4,7 @@
  */
 #pragma once
 
-#include "topkMaskedAttentionCommon.cuh"
+#include "topkMaskedAttentionPlan.h"
 
 namespace sparsifiner
 {

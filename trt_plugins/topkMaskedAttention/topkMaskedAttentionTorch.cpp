@@ -100,15 +100,12 @@ int32_t maxSharedBytes(at::Tensor const& q)
     return bytes;
 }
 
-at::Tensor forward(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& coef,
-    at::Tensor const& basis, int64_t budget, double scale, int64_t clsRows, int64_t algo)
+void launch(Prepared& r, at::Tensor& out)
 {
-    Prepared r = prepare(q, k, v, coef, basis, budget, scale, clsRows, algo); // checks the device first
-    c10::cuda::CUDAGuard const guard(q.device());
-    at::Tensor out = at::empty_like(r.q);
+    c10::cuda::CUDAGuard const guard(r.q.device());
     if (out.numel() == 0)
     {
-        return out;
+        return;
     }
     TopKMaskedAttentionParams& p = r.params;
     p.out = out.data_ptr();
@@ -117,11 +114,32 @@ at::Tensor forward(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v
     p.workspace = workspace.data_ptr();
     p.workspaceBytes = wsBytes;
     char const* reason = nullptr;
-    sparsifiner::plugin::resolveTopKMaskedAttentionAlgo(p, maxSharedBytes(q), &reason);
+    sparsifiner::plugin::resolveTopKMaskedAttentionAlgo(p, maxSharedBytes(r.q), &reason);
     TORCH_CHECK(reason == nullptr, "TopKMaskedAttention: ", reason);
     cudaError_t const status
-        = sparsifiner::plugin::launchTopKMaskedAttention(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
+        = sparsifiner::plugin::launchTopKMaskedAttention(p, c10::cuda::getCurrentCUDAStream(r.q.get_device()).stream());
     TORCH_CHECK(status == cudaSuccess, "TopKMaskedAttention launch failed: ", cudaGetErrorString(status));
+}
+
+at::Tensor forward(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& coef,
+    at::Tensor const& basis, int64_t budget, double scale, int64_t clsRows, int64_t algo)
+{
+    Prepared r = prepare(q, k, v, coef, basis, budget, scale, clsRows, algo); // checks the device first
+    at::Tensor out = at::empty_like(r.q);
+    launch(r, out);
+    return out;
+}
+
+//! forward() into a given output (contiguous, 16-byte aligned, q's shape and dtype): the
+//! GPU tests poison it with NaN first; the benchmark avoids an allocation per call.
+at::Tensor forwardInto(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& coef,
+    at::Tensor const& basis, int64_t budget, double scale, int64_t clsRows, int64_t algo, at::Tensor out)
+{
+    Prepared r = prepare(q, k, v, coef, basis, budget, scale, clsRows, algo);
+    TORCH_CHECK(out.is_cuda() && out.device() == q.device() && out.scalar_type() == q.scalar_type()
+            && out.sizes() == q.sizes() && out.is_contiguous() && reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0,
+        "TopKMaskedAttention: out must be a contiguous, 16-byte aligned CUDA tensor shaped and typed like q");
+    launch(r, out);
     return out;
 }
 
@@ -149,6 +167,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     namespace plugin = sparsifiner::plugin;
     m.doc() = "CUDA kernels of the sparsifiner::TopKMaskedAttention op";
     m.def("forward", &forward, "TopKMaskedAttention forward (q, k, v, coef, basis, budget, scale, cls_rows, algo)");
+    m.def("forward_into", &forwardInto, "forward() writing into `out` (last argument)");
     m.def("resolve_algo", &resolveAlgo, "the kernel forward would run: 1 tiled, 2 row-wise");
     m.attr("OP_NAME") = plugin::kOP_NAME;
     m.attr("OP_DOMAIN") = plugin::kOP_DOMAIN;

@@ -6,6 +6,7 @@
 #define SPARSIFINER_EMULATE 1
 #include "cudaEmulator.h"
 
+#include "topkMaskedAttentionPlan.h"
 #include "topkMaskedAttentionRowwise.cuh"
 #include "topkMaskedAttentionTiledInstances.cuh"
 
