@@ -103,6 +103,195 @@ def flops(model_name, checkpoint, img_size, coef_density, basis_density, as_json
 
 # --- training commands (issue 3) -----------------------------------------------------------------
 
+# Flags of the commands that train; None means "as the recipe says".
+TRAIN_FLAGS = [
+    click.option("--recipe", default="demo", show_default=True,
+                 help="Bundled recipe (demo, deit_small) or a YAML file; the flags below override it."),
+    click.option("--model", "model_name", default=None, help="timm ViT name, or 'demo' (the bundled small ViT)."),
+    click.option("--data", default=None, help="'digits' (bundled, no download) or an ImageFolder root with train/ and val/."),
+    click.option("--img-size", type=int, default=None, help="Image size (default: the model's)."),
+    click.option("--pretrained/--no-pretrained", default=None, help="Start from timm's pretrained weights (needs network)."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                 help="Local weights the first phase starts from: a dense model (.safetensors) for teacher/1, "
+                      "a phase-1 checkpoint for 2."),
+    click.option("--batch-size", type=int, default=None, help="Global images per optimiser step (all processes)."),
+    click.option("--accum-steps", type=int, default=None, help="Gradient accumulation steps."),
+    click.option("--epochs", type=int, default=None, help="Epochs of each phase that runs."),
+    click.option("--lr", type=float, default=None, help="Peak learning rate of each phase that runs."),
+    click.option("--min-lr", type=float, default=None, help="Final learning rate of the cosine."),
+    click.option("--warmup-epochs", type=float, default=None, help="Linear warm-up epochs."),
+    click.option("--weight-decay", type=float, default=None, help="AdamW weight decay."),
+    click.option("--reg", type=click.Choice(["l2", "l1"]), default=None,
+                 help="Phase-1 regulariser: l2 = AdamW weight decay, l1 = L1 penalty on W_up."),
+    click.option("--l1-weight", type=float, default=None, help="Weight of the L1 penalty (--reg l1)."),
+    click.option("--attn-reduction", type=click.Choice(["sum", "mean"]), default=None,
+                 help="Phase-1 distillation reduction: sum (authors' code) or mean."),
+    click.option("--seed", type=int, default=None, help="Seed of initialisation, shuffling and augmentation."),
+    click.option("--workers", type=int, default=None, help="Data loader worker processes."),
+    click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None,
+                 help="Mixed precision on GPU (always off on CPU)."),
+    click.option("--limit", type=int, default=None, help="Use only the first N images of each split (smoke tests)."),
+    click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                 help="Any recipe setting, e.g. --set phase2.kl_weight=1.0 (repeatable)."),
+]
+RUN_FLAGS = [
+    click.option("--output", type=click.Path(file_okay=False), default=None,
+                 help="Output folder (default: runs/<recipe>)."),
+    click.option("--resume", is_flag=True, help="Continue an interrupted run from its last complete epoch."),
+    click.option("--overwrite", is_flag=True, help="Replace the phases' previous outputs in --output."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: the local GPU if any)."),
+    click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)."),
+    click.option("--no-progress", is_flag=True, help="No progress bars."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+]
+TOP_LEVEL = {"model_name": "model", "data": "data", "img_size": "img_size", "pretrained": "pretrained",
+             "checkpoint": "checkpoint", "batch_size": "batch_size", "accum_steps": "accum_steps", "seed": "seed",
+             "workers": "workers", "amp": "amp", "limit": "limit"}
+PER_PHASE = ("epochs", "lr", "min_lr", "warmup_epochs", "weight_decay", "reg", "l1_weight", "attn_reduction")
+
+
+def train_options(func):
+    for option in reversed(TRAIN_FLAGS + SETTINGS_FLAGS + RUN_FLAGS):
+        func = option(func)
+    return func
+
+
+def build_train_settings_from_flags(recipe, phases, assignments, flags):
+    """TrainSettings from a recipe, then --set, then the named flags (per-phase flags go to ``phases``)."""
+    from sparsifiner.train.recipe import build_train_settings, load_recipe, parse_assignment
+
+    overrides = dict(parse_assignment(a) for a in assignments)
+    for flag, key in TOP_LEVEL.items():
+        if flags.get(flag) is not None:
+            overrides[key] = flags[flag]
+    for key in PER_PHASE:
+        if flags.get(key) is not None:
+            overrides.update({f"{phase}.{key}": flags[key] for phase in phases})
+    for key in ("keep_rate", "budget", "n_down", "basis_threshold", "coef_prune"):
+        if flags.get(key) is not None:
+            overrides[f"sparsifiner.{key}"] = flags[key]
+    return build_train_settings(load_recipe(recipe), overrides)
+
+
+def _runtime(threads, recipe, output, default_prefix="runs"):
+    from pathlib import Path
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    return output or str(Path(default_prefix) / Path(recipe).stem)
+
+
+def _split_flags(flags):
+    run = {k: flags.pop(k) for k in ("output", "resume", "overwrite", "device", "threads", "no_progress", "as_json")}
+    return run, flags
+
+
+@cli.command()
+@click.option("--phase", type=click.Choice(["teacher", "1", "2", "both", "all"]), default="both", show_default=True,
+              help="teacher: train the dense ViT; 1: predictor; 2: sparse fine-tuning; both: 1 then 2; all: teacher, 1, 2.")
+@train_options
+def train(phase, recipe, assignments, **flags):
+    """Run the two-phase Sparsifiner recipe (phase 1: predictor; basis pruning; phase 2: sparse fine-tuning)."""
+    from sparsifiner.train.runner import resolve_phases, run_training
+
+    run, flags = _split_flags(flags)
+    settings = build_train_settings_from_flags(recipe, resolve_phases(phase), assignments, flags)
+    output = _runtime(run["threads"], recipe, run["output"])
+    summary = run_training(settings, phase, output, resume=run["resume"], overwrite=run["overwrite"],
+                           progress=not run["no_progress"], device=run["device"])
+    lines = [f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in s.items() if k in ("top1", "basis_sparsity", "recall", "attn_loss", "path", "skipped"))
+             for name, s in summary.items()]
+    emit(summary, run["as_json"], "\n".join(lines))
+
+
+@cli.command()
+@click.option("--checkpoint", "checkpoints", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="A dense or Sparsifiner .safetensors checkpoint (repeatable).")
+@click.option("--data", default="digits", show_default=True, help="'digits' or an ImageFolder root with val/.")
+@click.option("--mode", type=click.Choice(["sparse", "dense"]), default="sparse", show_default=True,
+              help="Attention mode of Sparsifiner checkpoints.")
+@click.option("--keep-rate", type=float, default=None, help="Evaluate at another keep rate.")
+@click.option("--budget", type=int, default=None, help="Evaluate at an explicit budget.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
+@click.option("--limit", type=int, default=None, help="Only the first N val images.")
+@click.option("--device", default=None, help="cpu, cuda (default: the GPU if any).")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(checkpoints, data, mode, keep_rate, budget, batch_size, limit, device, threads, as_json):
+    """Top-1/top-5, basis and coefficient sparsity, mask density and attention-mass recall."""
+    from sparsifiner.train.evaluate import format_eval_table
+    from sparsifiner.train.workflows import evaluate_checkpoints
+
+    _runtime(threads, "", None)
+    rows = evaluate_checkpoints(checkpoints, data, batch_size=batch_size, limit=limit, mode=mode,
+                                keep_rate=keep_rate, budget=budget, device=device)
+    emit(rows, as_json, format_eval_table(rows))
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A Sparsifiner checkpoint.")
+@click.option("--output", type=click.Path(file_okay=False), default="figures", show_default=True, help="Folder for the PNGs.")
+@click.option("--data", default="digits", show_default=True, help="Where --index picks the image: 'digits' or an ImageFolder root.")
+@click.option("--index", type=int, default=0, show_default=True, help="Val image index.")
+@click.option("--image", type=click.Path(dir_okay=False, exists=True), default=None, help="An image file instead.")
+@click.option("--query", default=None, metavar="ROW,COL", help="Query patch (default: the grid centre).")
+@click.option("--blocks", default="3,4,5", show_default=True, help="Blocks to draw (clamped to the model's).")
+@click.option("--heads", type=int, default=4, show_default=True, help="Heads to draw (clamped to the model's).")
+@click.option("--budgets", default=None, help="Budgets, e.g. 49,20 (default: the model's and ~0.4x it).")
+@click.option("--metrics", type=click.Path(dir_okay=False), default=None,
+              help="metrics.jsonl for the curves (default: the one beside the checkpoint).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def visualize(checkpoint, output, data, index, image, query, blocks, heads, budgets, metrics, as_json):
+    """Write the supplementary's figures: mask + sparse/full attention per head, pruned basis, curves."""
+    from sparsifiner.viz import write_figures
+
+    def ints(text, name, count=None):
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise SparsifinerError(f"--{name} takes comma-separated integers, got {text!r}") from None
+        if count is not None and len(values) != count:
+            raise SparsifinerError(f"--{name} takes {count} comma-separated integers, got {text!r}")
+        return values
+
+    result = write_figures(checkpoint, output, data=data, index=index, image=image,
+                           query=tuple(ints(query, "query", 2)) if query else None, blocks=ints(blocks, "blocks"),
+                           heads=heads, budgets=ints(budgets, "budgets") if budgets else None, metrics=metrics)
+    files = result["attention"] + [result["basis"]] + ([result["curves"]] if result["curves"] else [])
+    emit(result, as_json, "\n".join(files))
+
+
+@cli.command()
+@train_options
+@click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
+def demo(recipe, assignments, no_figures, **flags):
+    """Train teacher, phase 1 and phase 2 on the bundled digits and report accuracy, sparsity and FLOPs."""
+    from sparsifiner.train.workflows import format_demo, run_demo
+
+    run, flags = _split_flags(flags)
+    settings = build_train_settings_from_flags(recipe, ("teacher", "phase1", "phase2"), assignments, flags)
+    output = _runtime(run["threads"], recipe, run["output"])
+    summary = run_demo(settings, output, resume=run["resume"], overwrite=run["overwrite"],
+                       progress=not run["no_progress"], device=run["device"], figures=not no_figures)
+    emit(summary, run["as_json"], format_demo(summary))
+
+
+@cli.command("reg-study")
+@train_options
+def reg_study(recipe, assignments, **flags):
+    """Table 1: phases 1 and 2 with the L2 and the L1 regulariser from one teacher, same budget."""
+    from sparsifiner.train.workflows import format_reg_study, run_regulariser_study
+
+    run, flags = _split_flags(flags)
+    settings = build_train_settings_from_flags(recipe, ("teacher", "phase1", "phase2"), assignments, flags)
+    output = _runtime(run["threads"], recipe, run["output"] or "runs/reg_study")
+    result = run_regulariser_study(settings, output, resume=run["resume"], overwrite=run["overwrite"],
+                                   progress=not run["no_progress"], device=run["device"])
+    emit(result, run["as_json"], format_reg_study(result))
+
 
 # --- export commands (issue 4) -------------------------------------------------------------------
 
@@ -154,9 +343,10 @@ def export(onnx_path, checkpoint, model_name, pretrained, img_size, seed, attent
 @source_options
 @click.option("--seed", type=int, default=None, help="Seed of --model's random weights (default: the export's).")
 @settings_options
-@click.option("--inputs", default="random", show_default=True, help="'random', or a folder of images.")
+@click.option("--inputs", default="random", show_default=True,
+              help="'random', 'demo' (the digits validation split), or a folder of images.")
 @click.option("--batch", type=int, default=None, help="Batch size (default: the graph's fixed size, else 4).")
-@click.option("--num-batches", type=int, default=2, show_default=True, help="Batches of random inputs.")
+@click.option("--num-batches", type=int, default=2, show_default=True, help="Batches of random or demo inputs.")
 @click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--ort-op", type=click.Choice(["function", "extensions"]), default="function", show_default=True,
               help="How ONNX Runtime runs TopKMaskedAttention: the graph's local function, or the op itself "

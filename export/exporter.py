@@ -82,6 +82,8 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         raise SparsifinerError(f"the exporter could not convert the graph to opset {settings.opset} (it is at {got}): "
                                f"use --opset {got}")
 
+    if settings.dynamic_batch:
+        _name_batch_dim(proto.graph, settings.batch)
     _clean_node_metadata(proto.graph)
     custom_nodes = _name_attention_nodes(proto.graph)
     if settings.attention in ("custom", "decomposed"):
@@ -159,6 +161,21 @@ def _check_destination(path: Path) -> None:
         raise SparsifinerError(f"output folder {path.parent} does not exist: create it first")
     if not os.access(path.parent, os.W_OK):
         raise SparsifinerError(f"cannot write to {path.parent}: choose a writable output folder")
+
+
+def _name_batch_dim(graph, name: str) -> None:
+    """Give the dynamic batch dimension its requested name everywhere.
+
+    Recent exporters name it after the torch.export Dim already; older ones (torch 2.6)
+    write a symbol such as "s0".
+    """
+    old = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    if not old or old == name:
+        return
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = name
 
 
 def _clean_node_metadata(graph) -> None:

@@ -37,10 +37,10 @@ class ValidateSettings:
     """What ``sparsifiner validate`` compares.
 
     source: the PyTorch model; None takes the one recorded in the file's metadata.
-    inputs: "random" (standard normal, seeded) or a folder of images (preprocessed
-        with the file's timm data config).
+    inputs: "random" (standard normal, seeded), "demo" (the digits of sparsifiner.data)
+        or a folder of images (preprocessed with the file's timm data config).
     batch: batch size (default: the graph's fixed size, else 4); num_batches: how many
-        random batches. ort_op: "function" or "extensions" (see sparsifiner.runtime.ort).
+        random or demo batches. ort_op: "function" or "extensions" (see sparsifiner.runtime.ort).
     atol / rtol: None picks the default for the graph's dtype (compare.DEFAULT_TOLERANCES).
     """
 
@@ -152,6 +152,33 @@ class ImageFolderInputs:
 
     def describe(self) -> str:
         return f"{len(self.files)} images from {self.folder}"
+
+
+class DemoInputs:
+    """The first batches of the demo digits' validation split (``sparsifiner.data``).
+
+    The digits are normalised with the file's preprocess mean/std at its input size.
+    """
+
+    def __init__(self, data_config: dict, batch: int, num_batches: int):
+        try:
+            from sparsifiner.data import DigitsDataset
+        except ImportError as exc:
+            raise SparsifinerError("the demo digits need sparsifiner.data and scikit-learn: "
+                                   "use --inputs random or --inputs FOLDER") from exc
+        size = int(data_config["input_size"][-1])
+        self.dataset = DigitsDataset("val", data_config["mean"], data_config["std"], size, augment=False,
+                                     limit=batch * num_batches)
+        self.batch, self.num_batches = batch, num_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        count = len(self.dataset)
+        for start in range(0, self.batch * self.num_batches, self.batch):
+            images = [self.dataset[i % count][0].numpy() for i in range(start, start + self.batch)]
+            yield {INPUT_NAME: np.stack(images).astype(np.float32)}
+
+    def describe(self) -> str:
+        return f"demo digits (val), {min(len(self.dataset), self.batch * self.num_batches)} images"
 
 
 # --- runners -----------------------------------------------------------------------------------
@@ -271,6 +298,8 @@ def validate_onnx(settings: ValidateSettings) -> dict:
 
     if settings.inputs == "random":
         feeds = RandomInputs((batch, *input_size), settings.num_batches, settings.seed)
+    elif settings.inputs == "demo":
+        feeds = DemoInputs(preprocess, batch, settings.num_batches)
     else:
         feeds = ImageFolderInputs(Path(settings.inputs), preprocess, batch)
 

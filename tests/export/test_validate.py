@@ -114,3 +114,11 @@ def test_comparator_rejects_nan_and_shape_changes():
         compare_arrays("y", ref, ref[:1], atol=1, rtol=1)
     with pytest.raises(ValueError, match="lacks outputs"):
         compare_outputs({"y": ref}, {"z": ref}, 1, 1)
+
+
+def test_validate_demo_digits(exported):
+    pytest.importorskip("sparsifiner.data", reason="the demo digits live in sparsifiner.data")
+    pytest.importorskip("sklearn", reason="the demo digits come from scikit-learn")
+    path, _ = exported("demo", "custom")
+    report = validate_onnx(ValidateSettings(onnx_path=str(path), inputs="demo", batch=5, num_batches=2))
+    assert report["passed"] and report["samples"] == 10 and "demo digits" in report["inputs"]
