@@ -12,7 +12,8 @@ one TopKMaskedAttention node per block, then post-processes the ModelProto:
 Quirks handled here: torch's exporter inlines every model-local function while it
 converts opsets, so the function is added after export, written for the model's
 opset; node metadata carrying source paths is dropped; basis initializers and
-attention nodes are named after their block. The file is written atomically.
+attention nodes are named after their block. The file is written atomically, with
+its export settings as JSON beside it (``model.onnx.json``).
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     except OSError as exc:  # disk full, permissions changed mid-export, ...
         raise SparsifinerError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from exc
-    return {
+    summary = {
         "path": str(path),
         "attention": settings.attention,
         "opset": settings.opset,
@@ -131,6 +132,15 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         "bytes": path.stat().st_size,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    # The export's settings beside the artifact (model.onnx -> model.onnx.json; not model.json,
+    # which is the description of a checkpoint model.safetensors in the same folder).
+    sidecar = {"export_settings": settings.to_dict(), "summary": summary}
+    try:
+        atomic_write(path.with_name(path.name + ".json"),
+                     lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str) + "\n"))
+    except OSError as exc:
+        raise SparsifinerError(f"wrote {path} but not its settings file: {exc.strerror or exc}") from exc
+    return summary
 
 
 @contextlib.contextmanager

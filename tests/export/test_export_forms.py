@@ -130,3 +130,13 @@ def test_fp16_agreement(exported, torch_models, form, record_property):
     record_property("fp16_top1", float(np.mean(out.argmax(1) == ref.argmax(1))))
     print(f"fp16 {form}: max abs {err.max():.3g}, p99 {np.percentile(err, 99):.3g}, |ref| max {np.abs(ref).max():.3g}")
     np.testing.assert_allclose(out, ref, atol=2e-2, rtol=2e-2)
+
+
+def test_settings_file_beside_the_export(exported):
+    import json
+
+    path, summary = exported("demo", "dense", batch=3)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["summary"] == json.loads(json.dumps(summary))
+    assert sidecar["export_settings"]["attention"] == "dense" and sidecar["export_settings"]["batch"] == 3
+    assert sidecar["export_settings"]["source"]["model_name"] == "demo"
