@@ -34,12 +34,12 @@ def compile_source(nvcc: Path, source: Path, out_dir: Path) -> str:
     return result.stderr + result.stdout
 
 
-def _pretty(mangled: str) -> str:
-    name = mangled
+def _demangle(names: list[str]) -> list[str]:
     if shutil.which("c++filt"):
-        name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
-    name = re.sub(r"\(.*\)$", "", name).replace("sparsifiner::kernels::", "")
-    return name.replace("void ", "")
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+        if len(out) == len(names):
+            names = out
+    return [re.sub(r"\(.*\)$", "", n).replace("sparsifiner::kernels::", "").replace("void ", "") for n in names]
 
 
 def parse_ptxas(log: str) -> list[dict]:
@@ -60,8 +60,8 @@ def compile_all(plugin_dir: Path, nvcc: Path, out_dir: Path) -> list[dict]:
     with ThreadPoolExecutor(max_workers=3) as pool:
         logs = list(pool.map(lambda s: compile_source(nvcc, plugin_dir / s, out_dir), SOURCES))
     records = [r for log in logs for r in parse_ptxas(log)]
-    for r in records:
-        r["name"] = _pretty(r["kernel"])
+    for r, name in zip(records, _demangle([r["kernel"] for r in records])):
+        r["name"] = name
     return records
 
 

@@ -49,13 +49,21 @@ def test_tiled_fp16_awkward_sizes(emulator, n, d, budget):
 @pytest.mark.parametrize("n,d,budget", [(50, 48, 7), (197, 64, 49), (66, 64, 66)])
 def test_types_and_algorithms(emulator, dtype, algo, n, d, budget):
     expect = "rowwise" if dtype == torch.float32 else algo
-    check(emulator, make_case(2, n, d, budget, dtype=dtype, seed=n + budget), algo, expect)
+    check(emulator, make_case(1, n, d, budget, dtype=dtype, seed=n + budget), algo, expect)
 
 
 @pytest.mark.parametrize("d", [32, 80, 96, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_every_head_dim(emulator, dtype, d):
     check(emulator, make_case(1, 70, d, 9, dtype=dtype, seed=d), "tiled", "tiled")
+
+
+@pytest.mark.parametrize("budget", [1, 13, 49, 150])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_continuous_scores_fast_selection(emulator, dtype, budget):
+    """Tie-free scores take the histogram path (whole boundary bin or exact ranking)."""
+    case = make_case(2, 197, 64, budget, dtype=dtype, seed=budget, continuous=True, coef_mode="dense")
+    check(emulator, case, "auto")
 
 
 @pytest.mark.parametrize("algo", ["tiled", "rowwise"])
@@ -70,9 +78,14 @@ def test_exact_ties_go_to_the_lower_key_index(emulator, algo):
     check(emulator, case, algo, algo)
 
 
-def test_nan_scores_rank_first_like_torch_sort(emulator):
-    case = make_case(1, 50, 32, 7, dtype=torch.float32, seed=4, coef_mode="dense", basis_zero=0.5)
-    case.basis[3, [5, 20, 41]] = float("nan")
+@pytest.mark.parametrize("special", [float("nan"), float("inf"), -float("inf"), 3e38])
+def test_non_finite_and_huge_scores(emulator, special):
+    """NaN ranks first (like torch.sort), infinities and near-overflow ranges take the
+    general radix path."""
+    case = make_case(1, 50, 32, 7, dtype=torch.float32, seed=4, coef_mode="dense", basis_zero=0.5, continuous=True)
+    case.basis[:, [5, 20, 41]] = 0
+    case.basis[3, [5, 20, 41]] = special
+    case.basis[4, 7] = -special if special == 3e38 else 0
     check(emulator, case, "rowwise", "rowwise")
 
 

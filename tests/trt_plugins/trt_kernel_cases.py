@@ -58,12 +58,15 @@ def make_case(
     coef_dtype: torch.dtype | None = None,
     device: str = "cpu",
     heads: int = 1,
+    continuous: bool = False,
 ) -> Case:
     """A case of batch*heads = bh (shaped [bh // heads, heads, ...]).
 
     coef_mode: "top8" keeps 8 random coefficients per row, "threshold" zeroes those
     below 3/8, "dense" keeps all. constant_rows: that many rows get zero coefficients,
-    so all their scores tie (the first `budget` keys win).
+    so all their scores tie (the first `budget` keys win). continuous: coefficients and
+    basis take continuous values instead, with one nonzero per basis column, so every
+    score is a single product: still exact in any order, but (almost) free of ties.
     """
     g = torch.Generator().manual_seed(seed)
     m = n - cls_rows
@@ -82,6 +85,9 @@ def make_case(
         coef[..., rows, :] = 0
     basis = torch.randint(-8, 9, (rank, n), generator=g).float() / 8
     basis = basis * (torch.rand(rank, n, generator=g) >= basis_zero)
+    if continuous:
+        coef = torch.rand(coef.shape, generator=g) * (coef != 0)
+        basis = torch.zeros(rank, n).scatter_(0, torch.randint(0, rank, (1, n), generator=g), torch.randn(1, n, generator=g))
     cdt = coef_dtype or dtype
     return Case(
         q.to(device), k.to(device), v.to(device), coef.to(cdt).to(device), basis.to(cdt).to(device),

@@ -47,6 +47,7 @@ constexpr int32_t kWARP_SIZE{32};
 constexpr int32_t kHIST_BINS{256}; //!< radix-select digit of 8 bits
 constexpr int32_t kMAX_HEAD_DIM{128};
 constexpr float kNEG_INF{-__builtin_huge_valf()};
+constexpr float kFLOAT_MAX{3.402823466e+38F};
 
 // Tiled kernel: 64 query rows per block, 4 warps of 16 rows (one m16 MMA row block each),
 // keys in chunks of 64, shared-memory rows padded by 8 elements (16 bytes) so that

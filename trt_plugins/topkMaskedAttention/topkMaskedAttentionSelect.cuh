@@ -6,11 +6,17 @@
  * fp32 in increasing r for every j. The reference adds the same products (plus exact
  * zeros) in another order, so the two can differ in the last bits of near-ties.
  *
- * Selection: radix select on order-preserving 32-bit keys, 8 bits at a time, starting
- * below the bits all keys of the row share and stopping as soon as the boundary digit
- * holds exactly the keys still needed. A final pass in increasing key index takes all
- * keys above the threshold prefix and the first `need` keys equal to it, which is the
- * reference's stable-sort rule: ties go to the lower key index. O(N) per pass, no sort.
+ * Selection, O(N) per pass and no sort, ties to the lower key index as the reference's
+ * stable sort does:
+ *  - fast path (finite scores): the row's min and max, a 256-bin histogram over that
+ *    range (bins are monotone in the score) finds the bin holding the B-th score; keys
+ *    in higher bins are taken, and within that bin (if it has <= 32 keys) the best by
+ *    (score, lower index) are found by exact ranking. Three passes over the row.
+ *  - general path (NaN, inf, crowded bins, e.g. many exactly equal scores): radix select
+ *    on order-preserving 32-bit keys, 8 bits at a time, starting below the bits all keys
+ *    share and stopping as soon as the boundary digit holds exactly the keys still
+ *    needed; a final pass in key order takes the keys above the threshold prefix and the
+ *    first `need` keys equal to it.
  */
 #pragma once
 
@@ -74,11 +80,74 @@ SPF_DEVICE void computeRowScores(uint32_t* sScore, void const* coefRow, DataType
     }
 }
 
-//! Select the `budget` largest scores of one row (see the file comment). sKey holds the
-//! row's fp32 score bits on entry and its ordered keys on exit; sHist is 256 words of
-//! scratch. Writes the selection bitmask maskOut[0 .. nWords) and ORs it into unionOut
-//! (if not null; shared memory visible to the block).
-SPF_DEVICE void selectTopK(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, uint32_t* unionOut, int32_t numTokens,
+//! The histogram bin holding the need-th largest counted key, bins scanned from the top:
+//! above < need <= above + inDigit, where `above` counts the keys in higher bins. Lane l
+//! owns bins [8l, 8l + 8). Needs sum(sHist) >= need >= 1. Warp-collective.
+SPF_DEVICE void findBoundaryBin(
+    uint32_t const* sHist, uint32_t need, uint32_t& digit, uint32_t& aboveDigit, uint32_t& inDigit)
+{
+    uint32_t const lane = laneId();
+    uint32_t h[8];
+    uint32_t local = 0U;
+    SPF_UNROLL
+    for (int32_t i = 0; i < 8; ++i)
+    {
+        h[i] = sHist[lane * 8 + i];
+        local += h[i];
+    }
+    uint32_t inclusive = local;
+    SPF_UNROLL
+    for (int32_t off = 1; off < kWARP_SIZE; off <<= 1)
+    {
+        uint32_t const other = __shfl_down_sync(kFULL_MASK, inclusive, off);
+        if (lane + off < static_cast<uint32_t>(kWARP_SIZE))
+        {
+            inclusive += other;
+        }
+    }
+    uint32_t const exclusive = inclusive - local;
+    bool const mine = exclusive < need && need <= inclusive;
+    digit = 0U;
+    aboveDigit = 0U;
+    inDigit = 0U;
+    // Unrolled without a break so that h[] stays in registers.
+    uint32_t acc = exclusive;
+    bool found = !mine;
+    SPF_UNROLL
+    for (int32_t i = 7; i >= 0; --i)
+    {
+        if (!found && acc + h[i] >= need)
+        {
+            digit = lane * 8 + static_cast<uint32_t>(i);
+            aboveDigit = acc;
+            inDigit = h[i];
+            found = true;
+        }
+        acc += h[i];
+    }
+    int32_t const owner = __ffs(__ballot_sync(kFULL_MASK, mine)) - 1;
+    digit = __shfl_sync(kFULL_MASK, digit, owner);
+    aboveDigit = __shfl_sync(kFULL_MASK, aboveDigit, owner);
+    inDigit = __shfl_sync(kFULL_MASK, inDigit, owner);
+}
+
+//! Write one 32-key word of the selection bitmask (lane 0), and OR it into the union.
+SPF_DEVICE void storeMaskWord(bool take, int32_t w, uint32_t* maskOut, uint32_t* unionOut)
+{
+    uint32_t const word = __ballot_sync(kFULL_MASK, take);
+    if (laneId() == 0)
+    {
+        maskOut[w] = word;
+        if (unionOut != nullptr)
+        {
+            atomicOr(&unionOut[w], word);
+        }
+    }
+}
+
+//! General selection: radix select on the ordered keys (any scores, NaN and inf too).
+//! sKey holds fp32 score bits on entry and ordered keys on exit.
+SPF_DEVICE void selectByRadix(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, uint32_t* unionOut, int32_t numTokens,
     int32_t nWords, int32_t budget)
 {
     uint32_t const lane = laneId();
@@ -134,52 +203,10 @@ SPF_DEVICE void selectTopK(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, u
                 }
             }
             __syncwarp();
-            // Lane l owns bins [8l, 8l + 8); suffix sums over lanes find the digit holding
-            // the need-th largest key: above < need <= above + hist[digit].
-            uint32_t h[8];
-            uint32_t local = 0U;
-            SPF_UNROLL
-            for (int32_t i = 0; i < 8; ++i)
-            {
-                h[i] = sHist[lane * 8 + i];
-                local += h[i];
-            }
-            uint32_t inclusive = local;
-            SPF_UNROLL
-            for (int32_t off = 1; off < kWARP_SIZE; off <<= 1)
-            {
-                uint32_t const other = __shfl_down_sync(kFULL_MASK, inclusive, off);
-                if (lane + off < static_cast<uint32_t>(kWARP_SIZE))
-                {
-                    inclusive += other;
-                }
-            }
-            uint32_t const exclusive = inclusive - local;
-            bool const mine = exclusive < need && need <= inclusive;
-            uint32_t digit = 0U;
-            uint32_t aboveDigit = 0U;
-            uint32_t inDigit = 0U;
-            {
-                // Unrolled without a break so that h[] stays in registers.
-                uint32_t acc = exclusive;
-                bool found = !mine;
-                SPF_UNROLL
-                for (int32_t i = 7; i >= 0; --i)
-                {
-                    if (!found && acc + h[i] >= need)
-                    {
-                        digit = lane * 8 + static_cast<uint32_t>(i);
-                        aboveDigit = acc;
-                        inDigit = h[i];
-                        found = true;
-                    }
-                    acc += h[i];
-                }
-            }
-            int32_t const owner = __ffs(__ballot_sync(kFULL_MASK, mine)) - 1;
-            digit = __shfl_sync(kFULL_MASK, digit, owner);
-            aboveDigit = __shfl_sync(kFULL_MASK, aboveDigit, owner);
-            inDigit = __shfl_sync(kFULL_MASK, inDigit, owner);
+            uint32_t digit;
+            uint32_t aboveDigit;
+            uint32_t inDigit;
+            findBoundaryBin(sHist, need, digit, aboveDigit, inDigit);
             need -= aboveDigit;
             pref |= digit << lo;
             prefMask |= digitMask << lo;
@@ -204,17 +231,160 @@ SPF_DEVICE void selectTopK(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, u
         uint32_t const equalBits = __ballot_sync(kFULL_MASK, equal);
         bool const take = above || (equal && running + __popc(equalBits & lanemaskLt()) < need);
         running += __popc(equalBits);
-        uint32_t const word = __ballot_sync(kFULL_MASK, take);
-        if (lane == 0)
+        storeMaskWord(take, w, maskOut, unionOut);
+    }
+    __syncwarp();
+}
+
+//! Linear bin of a finite score in [lo, hi]: monotone non-decreasing in s (a rounded
+//! subtraction, a rounded product by a positive constant, truncation), so a key in a
+//! higher bin is strictly larger than every key in a lower one.
+SPF_DEVICE uint32_t linearBin(float s, float lo, float binScale)
+{
+    uint32_t const b = static_cast<uint32_t>((s - lo) * binScale);
+    return b < kHIST_BINS - 1 ? b : kHIST_BINS - 1;
+}
+
+//! Fast selection for finite scores spanning [lo, hi], hi > lo: one 256-bin histogram
+//! over the value range finds the boundary bin; keys in higher bins are taken; within
+//! the boundary bin the `need` best by (key, lower index) are found by exact ranking
+//! when it holds at most 32 keys. Returns false (nothing written but sHist) when the
+//! boundary bin is larger (ties, clusters): the caller then uses selectByRadix.
+SPF_DEVICE bool selectByBins(uint32_t const* sScore, uint32_t* sHist, uint32_t* maskOut, uint32_t* unionOut,
+    int32_t numTokens, int32_t nWords, int32_t budget, float lo, float binScale)
+{
+    uint32_t const lane = laneId();
+    for (int32_t b = static_cast<int32_t>(lane); b < kHIST_BINS; b += kWARP_SIZE)
+    {
+        sHist[b] = 0U;
+    }
+    __syncwarp();
+    for (int32_t w = 0; w < nWords; ++w)
+    {
+        int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
+        if (j < numTokens)
         {
-            maskOut[w] = word;
-            if (unionOut != nullptr)
-            {
-                atomicOr(&unionOut[w], word);
-            }
+            atomicAdd(&sHist[linearBin(__uint_as_float(sScore[j]), lo, binScale)], 1U);
         }
     }
     __syncwarp();
+    uint32_t digit;
+    uint32_t aboveDigit;
+    uint32_t inDigit;
+    findBoundaryBin(sHist, static_cast<uint32_t>(budget), digit, aboveDigit, inDigit);
+    uint32_t const need = static_cast<uint32_t>(budget) - aboveDigit;
+    __syncwarp();
+    bool const wholeBin = inDigit == need;
+    if (!wholeBin && inDigit > static_cast<uint32_t>(kWARP_SIZE))
+    {
+        return false;
+    }
+
+    // The boundary element: the need-th best (key desc, index asc) member of the bin.
+    uint32_t boundKey = 0U;
+    uint32_t boundIdx = 0U;
+    if (!wholeBin)
+    {
+        uint32_t count = 0U;
+        for (int32_t w = 0; w < nWords; ++w)
+        {
+            int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
+            uint32_t const bits = j < numTokens ? sScore[j] : 0U;
+            bool const member = j < numTokens && linearBin(__uint_as_float(bits), lo, binScale) == digit;
+            uint32_t const members = __ballot_sync(kFULL_MASK, member);
+            if (member)
+            {
+                uint32_t const slot = count + __popc(members & lanemaskLt()); // < inDigit <= 32
+                sHist[2 * slot] = orderedKey(bits);
+                sHist[2 * slot + 1] = static_cast<uint32_t>(j);
+            }
+            count += __popc(members);
+        }
+        __syncwarp();
+        bool const have = lane < inDigit;
+        uint32_t const myKey = have ? sHist[2 * lane] : 0U;
+        uint32_t const myIdx = have ? sHist[2 * lane + 1] : 0xFFFFFFFFU;
+        uint32_t rank = 0U;
+        for (uint32_t t = 0; t < inDigit; ++t) // inDigit is warp-uniform
+        {
+            uint32_t const k = __shfl_sync(kFULL_MASK, myKey, static_cast<int32_t>(t));
+            uint32_t const i = __shfl_sync(kFULL_MASK, myIdx, static_cast<int32_t>(t));
+            rank += (k > myKey || (k == myKey && i < myIdx)) ? 1U : 0U;
+        }
+        // Members have distinct (key, index) pairs, so their ranks are 0 .. inDigit - 1.
+        int32_t const owner = __ffs(__ballot_sync(kFULL_MASK, have && rank == need - 1)) - 1;
+        boundKey = __shfl_sync(kFULL_MASK, myKey, owner);
+        boundIdx = __shfl_sync(kFULL_MASK, myIdx, owner);
+    }
+
+    for (int32_t w = 0; w < nWords; ++w)
+    {
+        int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
+        bool take = false;
+        if (j < numTokens)
+        {
+            uint32_t const bits = sScore[j];
+            uint32_t const b = linearBin(__uint_as_float(bits), lo, binScale);
+            if (b > digit)
+            {
+                take = true;
+            }
+            else if (b == digit)
+            {
+                uint32_t const key = orderedKey(bits);
+                take = wholeBin || key > boundKey || (key == boundKey && static_cast<uint32_t>(j) <= boundIdx);
+            }
+        }
+        storeMaskWord(take, w, maskOut, unionOut);
+    }
+    __syncwarp();
+    return true;
+}
+
+//! Select the `budget` largest scores of one row (see the file comment). sKey holds the
+//! row's fp32 score bits on entry (ordered keys on exit if the radix path ran); sHist is
+//! 256 words of scratch. Writes the selection bitmask maskOut[0 .. nWords) and ORs it
+//! into unionOut (if not null; shared memory visible to the block).
+SPF_DEVICE void selectTopK(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, uint32_t* unionOut, int32_t numTokens,
+    int32_t nWords, int32_t budget)
+{
+    uint32_t const lane = laneId();
+    float lo = __builtin_huge_valf();
+    float hi = -__builtin_huge_valf();
+    bool nonFinite = false;
+    for (int32_t w = 0; w < nWords; ++w)
+    {
+        int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
+        if (j < numTokens)
+        {
+            float const s = __uint_as_float(sKey[j]);
+            if (fabsf(s) <= kFLOAT_MAX)
+            {
+                lo = fminf(lo, s);
+                hi = fmaxf(hi, s);
+            }
+            else
+            {
+                nonFinite = true;
+            }
+        }
+    }
+    for (int32_t off = 16; off > 0; off >>= 1)
+    {
+        lo = fminf(lo, __shfl_xor_sync(kFULL_MASK, lo, off));
+        hi = fmaxf(hi, __shfl_xor_sync(kFULL_MASK, hi, off));
+    }
+    nonFinite = __ballot_sync(kFULL_MASK, nonFinite) != 0U;
+    // hi - lo must be finite (it overflows for scores near +-FLT_MAX) and 256 / (hi - lo)
+    // too (it overflows for a tiny range); otherwise, and for all-equal rows, use the radix.
+    float const binScale = static_cast<float>(kHIST_BINS) / (hi - lo);
+    if (!nonFinite && hi > lo && binScale > 0.F && binScale <= kFLOAT_MAX
+        && selectByBins(sKey, sHist, maskOut, unionOut, numTokens, nWords, budget, lo, binScale))
+    {
+        return;
+    }
+    __syncwarp();
+    selectByRadix(sKey, sHist, maskOut, unionOut, numTokens, nWords, budget);
 }
 
 } // namespace kernels
