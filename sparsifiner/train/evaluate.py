@@ -1,0 +1,157 @@
+"""Evaluation: top-1/top-5 plus the method's own metrics, on one process or sharded.
+
+For a Sparsifiner model, one pass with the per-block intermediates recorded gives,
+beside accuracy:
+  basis sparsity        share of zeros in the (pruned) basis W_up, mean over blocks;
+  coefficient sparsity  share of zeros in the (pruned) coefficients A_down;
+  mask density          share of the N x N attention map the mask keeps (the CLS row
+                        counts as dense);
+  attention-mass recall share of each non-CLS row's dense attention probability that
+                        falls inside the predicted mask, averaged over rows, heads,
+                        blocks and images; ``oracle_recall`` is the same for the best
+                        possible mask of the same budget (the top-B dense probabilities).
+The intermediates of each block are reduced as soon as the block has run, so memory
+stays at one block's worth. Counts are summed over processes, so sharded evaluation
+is exact.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+
+from sparsifiner.train.distributed import DistInfo, all_reduce_sum
+from sparsifiner.train.losses import attention_distillation
+
+METRIC_KEYS = ("top1", "top5", "basis_sparsity", "coef_sparsity", "mask_density", "recall", "oracle_recall")
+
+
+def is_sparsifiner(model: nn.Module) -> bool:
+    from sparsifiner.layers import SparsifinerAttention
+
+    return any(isinstance(m, SparsifinerAttention) for m in model.modules())
+
+
+@torch.no_grad()
+def basis_sparsity(model: nn.Module) -> float:
+    """Share of zero entries of each block's pruned basis (as used in sparse mode), averaged."""
+    from sparsifiner.model.sparsify import sparse_layers
+
+    values = [float((layer.predictor.sparse_basis() == 0).float().mean()) for layer in sparse_layers(model)]
+    return sum(values) / len(values)
+
+
+class _BlockStats:
+    """Sums of the method metrics over blocks, rows and images."""
+
+    NAMES = ("recall", "oracle", "rows", "coef_zero", "coef_total", "mask_kept", "mask_total", "attn_loss")
+
+    def __init__(self, attn_loss: Optional[str]):
+        self.sums = dict.fromkeys(self.NAMES, 0.0)
+        self.attn_loss = attn_loss
+
+    def add(self, aux: dict, budget: int) -> None:
+        rows = aux["mask"].shape[-2]
+        dense = aux["attn"][..., -rows:, :].float()
+        n = dense.shape[-1]
+        mask = aux["mask"]
+        s = self.sums
+        s["recall"] += float((dense * mask).sum())
+        s["oracle"] += float(torch.topk(dense, budget, dim=-1).values.sum())
+        s["rows"] += dense[..., 0].numel()
+        s["coef_zero"] += float((aux["coef"] == 0).sum())
+        s["coef_total"] += aux["coef"].numel()
+        prefix = n - rows
+        maps = dense[..., 0, 0].numel()
+        s["mask_kept"] += float(mask.sum()) + prefix * n * maps
+        s["mask_total"] += n * n * maps
+        if self.attn_loss is not None:
+            s["attn_loss"] += float(attention_distillation([aux], self.attn_loss, "sum"))
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader, info: Optional[DistInfo] = None, *, method_metrics: bool = True,
+                   attn_loss: Optional[str] = None, amp_dtype: Optional[torch.dtype] = None,
+                   progress: bool = False, desc: str = "eval") -> dict:
+    """Accuracy (percent) and, for Sparsifiner models, the method metrics (shares in [0, 1]).
+
+    attn_loss: a criterion ("mse", "kl") to also report the phase-1 distillation loss
+    as ``attn_loss``: summed over heads, rows and keys, averaged over blocks and
+    images (batch-size independent; the model should be in dense mode for it).
+    """
+    from tqdm import tqdm
+
+    from sparsifiner.model.sparsify import collect_aux, sparse_layers
+
+    info = info or DistInfo(device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    sparse = method_metrics and is_sparsifiner(model)
+    stats = _BlockStats(attn_loss)
+    counts = [0.0, 0.0, 0.0, 0.0]  # top1, top5, images, ce sum
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and info.is_main), dynamic_ncols=True)
+    for images, labels in bar:
+        images = images.to(info.device, non_blocking=True)
+        labels = labels.to(info.device, non_blocking=True)
+        with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            if sparse:
+                with collect_aux(model) as records:
+                    hooks = [layer.register_forward_hook(
+                        lambda mod, inp, out, records=records: stats.add(records.pop(), mod.budget))
+                        for layer in sparse_layers(model)]
+                    try:
+                        logits = model(images)
+                    finally:
+                        for hook in hooks:
+                            hook.remove()
+            else:
+                logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        hit = top == labels[:, None]
+        counts[0] += float(hit[:, 0].sum())
+        counts[1] += float(hit.any(-1).sum())
+        counts[2] += labels.numel()
+        counts[3] += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    names = list(stats.NAMES)
+    totals = all_reduce_sum(counts + [stats.sums[n] for n in names], info)
+    top1, top5, images, ce = totals[:4]
+    sums = dict(zip(names, totals[4:]))
+    model.train(was_training)
+    out = {"images": int(images), "top1": 100.0 * top1 / max(images, 1), "top5": 100.0 * top5 / max(images, 1),
+           "loss": ce / max(images, 1), "eval_s": time.perf_counter() - start}
+    if sparse:
+        layers = sparse_layers(model)
+        out.update({
+            "mode": layers[0].mode,
+            "budget": layers[0].budget,
+            "num_tokens": layers[0].num_tokens,
+            "basis_sparsity": basis_sparsity(model),
+            "coef_sparsity": sums["coef_zero"] / max(sums["coef_total"], 1),
+            "mask_density": sums["mask_kept"] / max(sums["mask_total"], 1),
+            "recall": sums["recall"] / max(sums["rows"], 1),
+            "oracle_recall": sums["oracle"] / max(sums["rows"], 1),
+        })
+        if attn_loss is not None:
+            out["attn_loss"] = sums["attn_loss"] / len(layers) / max(images, 1)
+    return out
+
+
+def format_eval_table(rows: list[dict]) -> str:
+    """A fixed-width table of evaluation results (one row per model)."""
+    head = f"{'model':<28} {'mode':<6} {'top-1':>7} {'top-5':>7} {'basis sp':>9} {'coef sp':>8} " \
+           f"{'mask dens':>9} {'recall':>7} {'oracle':>7}"
+    lines = [head, "-" * len(head)]
+
+    def pct(row, key):
+        return f"{100 * row[key]:.1f}%" if key in row else "-"
+
+    for row in rows:
+        lines.append(f"{row.get('name', '?'):<28.28} {row.get('mode', 'dense'):<6} {row['top1']:>6.2f}% {row['top5']:>6.2f}% "
+                     f"{pct(row, 'basis_sparsity'):>9} {pct(row, 'coef_sparsity'):>8} {pct(row, 'mask_density'):>9} "
+                     f"{pct(row, 'recall'):>7} {pct(row, 'oracle_recall'):>7}")
+    return "\n".join(lines)
