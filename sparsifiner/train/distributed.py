@@ -92,15 +92,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_error(message: Optional[str], info: DistInfo) -> Optional[str]:
-    """Share rank 0's error message (or None) with every process, so all stop together."""
-    if not info.distributed:
-        return message
-    box = [message]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def no_sync(module: nn.Module, skip: bool):
     """DDP's no_sync() while accumulating gradients; a null context otherwise."""
     if skip and hasattr(module, "no_sync"):

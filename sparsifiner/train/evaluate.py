@@ -4,6 +4,9 @@ For a Sparsifiner model, one pass with the per-block intermediates recorded give
 beside accuracy:
   basis sparsity        share of zeros in the (pruned) basis W_up, mean over blocks;
   coefficient sparsity  share of zeros in the (pruned) coefficients A_down;
+  empty coef rows       share of query rows whose coefficients are all pruned: their
+                        scores are all zero and the top-B falls back to the lowest key
+                        indices (threshold pruning of a flat softmax row does this);
   mask density          share of the N x N attention map the mask keeps (the CLS row
                         counts as dense);
   attention-mass recall share of each non-CLS row's dense attention probability that
@@ -46,7 +49,8 @@ def basis_sparsity(model: nn.Module) -> float:
 class _BlockStats:
     """Sums of the method metrics over blocks, rows and images."""
 
-    NAMES = ("recall", "oracle", "rows", "coef_zero", "coef_total", "mask_kept", "mask_total", "attn_loss")
+    NAMES = ("recall", "oracle", "rows", "coef_zero", "coef_total", "empty_rows", "mask_kept", "mask_total",
+             "attn_loss")
 
     def __init__(self, attn_loss: Optional[str]):
         self.sums = dict.fromkeys(self.NAMES, 0.0)
@@ -63,6 +67,7 @@ class _BlockStats:
         s["rows"] += dense[..., 0].numel()
         s["coef_zero"] += float((aux["coef"] == 0).sum())
         s["coef_total"] += aux["coef"].numel()
+        s["empty_rows"] += float((aux["coef"] == 0).all(-1).sum())
         prefix = n - rows
         maps = dense[..., 0, 0].numel()
         s["mask_kept"] += float(mask.sum()) + prefix * n * maps
@@ -132,6 +137,7 @@ def evaluate_model(model: nn.Module, loader, info: Optional[DistInfo] = None, *,
             "num_tokens": layers[0].num_tokens,
             "basis_sparsity": basis_sparsity(model),
             "coef_sparsity": sums["coef_zero"] / max(sums["coef_total"], 1),
+            "empty_coef_rows": sums["empty_rows"] / max(sums["rows"], 1),
             "mask_density": sums["mask_kept"] / max(sums["mask_total"], 1),
             "recall": sums["recall"] / max(sums["rows"], 1),
             "oracle_recall": sums["oracle"] / max(sums["rows"], 1),

@@ -11,7 +11,6 @@ import copy
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import nn
 
 from sparsifiner.errors import SparsifinerError
@@ -47,8 +46,9 @@ def check_arch(found: dict, settings: TrainSettings, source: str) -> None:
                 "matching --model")
 
 
-def build_dense(settings: TrainSettings, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """A fresh (or timm-pretrained) dense ViT of the run's architecture with ``num_classes`` outputs."""
+def build_dense(settings: TrainSettings, num_classes: Optional[int], pretrained: bool = False) -> nn.Module:
+    """A fresh (or timm-pretrained) dense ViT of the run's architecture with ``num_classes`` outputs
+    (None: the model's own head, e.g. the 1,000 ImageNet classes of pretrained weights)."""
     from sparsifiner.model.sparsify import check_supported, create_timm_model
 
     if settings.model == DEMO_MODEL:
@@ -56,7 +56,7 @@ def build_dense(settings: TrainSettings, num_classes: int, pretrained: bool = Fa
             raise SparsifinerError("there are no pretrained weights for the demo model: train it with --phase teacher")
         from sparsifiner.model import zoo
 
-        model = create_timm_model(zoo.DEMO_MODEL, img_size=zoo.DEMO_IMG_SIZE, num_classes=num_classes,
+        model = create_timm_model(zoo.DEMO_MODEL, img_size=zoo.DEMO_IMG_SIZE, num_classes=num_classes or zoo.DEMO_NUM_CLASSES,
                                   **zoo.DEMO_TIMM_KWARGS)
         kwargs, name = dict(zoo.DEMO_TIMM_KWARGS), zoo.DEMO_MODEL
     else:
@@ -148,6 +148,3 @@ def param_groups(params: list[tuple[str, nn.Parameter]], weight_decay: float,
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
-
-def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    return model.to(device)

@@ -172,8 +172,8 @@ class _Trainer:
         own = artifact_path(self.output, "teacher")
         if own.exists():
             return load_teacher(own, s, self.num_classes)
-        if s.pretrained:
-            return build_dense(s, self.num_classes, pretrained=True)
+        if s.pretrained:  # keep the pretrained head: a teacher must already know the data's classes
+            return build_dense(s, None, pretrained=True)
         raise SparsifinerError(f"phase 1 needs a dense teacher: pass --checkpoint, --pretrained, or run --phase "
                                f"teacher first (no {own})")
 

@@ -64,12 +64,17 @@ def evaluate_checkpoints(paths: Sequence[str], data: str = "digits", *, batch_si
     return rows
 
 
-def mhsa_reduction(checkpoint: str, coef_density: Optional[float]) -> dict:
-    """MHSA MAC reduction of a Sparsifiner checkpoint (sparsifiner.model.flops), measured densities."""
+def mhsa_reduction(checkpoint: str, coef_density: Optional[float], basis_density: float,
+                   settings: TrainSettings) -> dict:
+    """MHSA MAC reduction of a Sparsifiner checkpoint (sparsifiner.model.flops) with its measured
+    densities, and what the same settings and densities give on DeiT-S at 224 px (N = 197)."""
     from sparsifiner.model.flops import count_flops
 
     data = count_flops("", None, checkpoint=checkpoint, coef_density=coef_density)
+    deit = count_flops("deit_small_patch16_224", settings.sparsifiner, coef_density=coef_density,
+                       basis_density=basis_density)
     return {"mhsa_reduction": data["reduction"]["mhsa"],
+            "mhsa_reduction_deit_small": deit["reduction"]["mhsa"],
             "mhsa_reduction_without_predictor": data["reduction"]["mhsa_without_predictor"],
             "model_reduction": data["reduction"]["model"],
             "dense_mhsa_macs": data["total"]["dense"]["mhsa"],
@@ -103,12 +108,14 @@ def run_demo(settings: TrainSettings, output: str | Path = "runs/demo", *, resum
         "basis_sparsity": final["basis_sparsity"],
         "paper_basis_sparsity": PAPER["basis_sparsity_l2"],
         "coef_sparsity": final["coef_sparsity"],
+        "empty_coef_rows": final["empty_coef_rows"],
         "mask_density": final["mask_density"],
         "recall": final["recall"],
         "oracle_recall": final["oracle_recall"],
-        **mhsa_reduction(paths[2], 1.0 - final["coef_sparsity"]),
+        **mhsa_reduction(paths[2], 1.0 - final["coef_sparsity"], 1.0 - final["basis_sparsity"], settings),
         "train_s": train_s,
         "evaluation": rows,
+        "train_settings": settings.to_dict(),
     }
     summary["targets"] = {
         "teacher_top1_ge_95": summary["teacher_top1"] >= TARGETS["teacher_top1"],
@@ -134,12 +141,14 @@ def format_demo(s: dict) -> str:
         f"(target <= 1.5: {ok[s['targets']['drop_le_1.5']]})",
         f"  basis sparsity (tau {s['basis_threshold']})    {100 * s['basis_sparsity']:6.1f} %   "
         f"(paper, DeiT-S: {100 * s['paper_basis_sparsity']:.1f} %)",
-        f"  coefficient sparsity            {100 * s['coef_sparsity']:6.1f} %",
+        f"  coefficient sparsity            {100 * s['coef_sparsity']:6.1f} %   (rows with every coefficient "
+        f"pruned: {100 * s['empty_coef_rows']:.1f} %)",
         f"  mask density                    {100 * s['mask_density']:6.1f} %",
         f"  attention-mass recall           {100 * s['recall']:6.1f} %   (oracle top-{s['budget']}: "
         f"{100 * s['oracle_recall']:.1f} %)",
         f"  MHSA MACs reduction             {100 * s['mhsa_reduction']:6.1f} %   (incl. predictor; "
-        f"{100 * s['mhsa_reduction_without_predictor']:.1f} % without)",
+        f"{100 * s['mhsa_reduction_without_predictor']:.1f} % without; same settings and densities on "
+        f"DeiT-S, N=197: {100 * s['mhsa_reduction_deit_small']:.1f} %)",
         f"  wall time                       {s['wall_s']:6.0f} s   (training {s['train_s']:.0f} s)",
         f"  outputs: {s['output']}" + (f" (figures in {s['output']}/figures)" if s.get("figures") else ""),
     ]
@@ -175,6 +184,7 @@ def run_regulariser_study(settings: TrainSettings, output: str | Path = "runs/re
                                 "paper_basis_sparsity": PAPER[f"basis_sparsity_{reg}"],
                                 "paper_top1": PAPER[f"top1_{reg}"]}
     results["l1_weight"] = settings.phase1.l1_weight
+    results["train_settings"] = settings.to_dict()
     results["wall_s"] = time.perf_counter() - start
     _save_json(output / "reg_study.json", results)
     return results

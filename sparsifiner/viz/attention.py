@@ -99,7 +99,7 @@ def attention_figure(model: nn.Module, image: torch.Tensor, display: torch.Tenso
     maps = attention_maps(model, image, query, budget, blocks, heads)
     gh, gw = model.patch_embed.grid_size
     cols = 1 + 3 * heads
-    fig, axes = plt.subplots(len(blocks), cols, figsize=(1.9 * cols, 2.1 * len(blocks)), squeeze=False)
+    fig, axes = plt.subplots(len(blocks), cols, figsize=(1.9 * cols, 2.35 * len(blocks) + 0.3), squeeze=False)
     img = display.permute(1, 2, 0).clamp(0, 1).numpy()
     ph, pw = img.shape[0] / gh, img.shape[1] / gw
     for r, entry in enumerate(maps):

@@ -1,4 +1,5 @@
-"""Draw the figure set of one Sparsifiner checkpoint (attention per budget, basis, curves)."""
+"""Draw the figure set of one Sparsifiner checkpoint (attention per budget, basis, curves),
+with ``figures.json`` beside the PNGs naming what was drawn and how."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,4 +64,16 @@ def write_figures(checkpoint: str, output: str, *, data: Optional[str] = "digits
     result["basis"] = str(basis_figure(model, out / f"{prefix}basis.png", basis_blocks))
     metrics_path = Path(metrics) if metrics else Path(checkpoint).parent / "metrics.jsonl"
     result["curves"] = str(curves_figure(metrics_path, out / f"{prefix}curves.png")) if metrics_path.exists() else None
+    result["settings"] = {"checkpoint": str(checkpoint), "data": data, "index": index, "image": image,
+                          "blocks": list(blocks) if blocks else None, "heads": heads,
+                          "budgets": list(budgets) if budgets else None, "metrics": str(metrics_path)}
+    _write_json(out / f"{prefix}figures.json", result)
     return result
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+
+    from sparsifiner.model.io import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
