@@ -2,8 +2,9 @@
 
 Each of the R basis vectors of a block is a row of W_up [R, N]: its N entries are
 drawn as a tile with the patch grid below and the CLS entry in the extra top-left
-cell (outlined in red). Pruned entries are zero and show white. One row of tiles per
-block, titled with the block's basis sparsity.
+cell (outlined in red). One row of tiles per block, titled with the block's basis
+sparsity. Pruned entries are white, kept ones blue (red/blue for a signed basis); the
+grey lines separate the tiles.
 """
 from __future__ import annotations
 
@@ -48,10 +49,16 @@ def basis_figure(model: nn.Module, path: Path, blocks: int = 6, title: str = "")
     fig, axes = plt.subplots(len(tiles), 1, figsize=(min(0.5 * rank * (gw + 1) / 4, 24), 1.25 * len(tiles) + 0.6),
                              squeeze=False)
     signed = any(np.nanmin(m) < 0 for _, m, _ in tiles)
-    cmap = plt.get_cmap("RdBu_r" if signed else "Blues").with_extremes(bad="#dddddd")
+    if signed:
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
+    else:  # kept entries start at a visible blue; pruned (exact) zeros fall "under" and show white
+        from matplotlib.colors import ListedColormap
+
+        cmap = ListedColormap(plt.get_cmap("Blues")(np.linspace(0.2, 1.0, 256))).with_extremes(
+            bad="#dddddd", under="white")
     for ax, (i, mosaic, sparsity) in zip(axes[:, 0], tiles):
         vmax = max(float(np.nanmax(np.abs(mosaic))), 1e-8)
-        ax.imshow(mosaic, cmap=cmap, vmin=-vmax if signed else 0, vmax=vmax, interpolation="nearest")
+        ax.imshow(mosaic, cmap=cmap, vmin=-vmax if signed else 1e-12, vmax=vmax, interpolation="nearest")
         for r in range(rank):
             ax.add_patch(Rectangle((r * (gw + 1) - 0.5, -0.5), 1, 1, fill=False, color="red", lw=0.6))
         ax.set_xticks([])
