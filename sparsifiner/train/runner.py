@@ -58,6 +58,8 @@ def prepare_output(output: Path, phases: Sequence[str], resume: bool, overwrite:
         raise SparsifinerError(f"cannot write to the output folder {output} ({exc.strerror or exc}): "
                                "choose a writable --output") from None
     for phase in phases:
+        for stale in output.glob(f".{phase}.*.tmp"):  # left by a kill in the middle of a checkpoint write
+            stale.unlink()
         files = [artifact_path(output, phase), state_path(output, phase)]
         files += [f.with_suffix(".json") for f in files]
         existing = [f for f in files if f.exists()]

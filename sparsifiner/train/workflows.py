@@ -133,25 +133,26 @@ def run_demo(settings: TrainSettings, output: str | Path = "runs/demo", *, resum
 
 def format_demo(s: dict) -> str:
     ok = {True: "ok", False: "MISSED"}
-    lines = [
-        f"Sparsifiner demo (digits, N={s['num_tokens']} tokens, keep rate {s['keep_rate']} -> budget {s['budget']})",
-        f"  teacher (dense) top-1           {s['teacher_top1']:6.2f} %   target >= 95: {ok[s['targets']['teacher_top1_ge_95']]}",
-        f"  phase 1 (sparse, not tuned)     {s['phase1_top1']:6.2f} %",
-        f"  Sparsifiner top-1               {s['sparsifiner_top1']:6.2f} %   drop {s['top1_drop']:+.2f} points "
-        f"(target <= 1.5: {ok[s['targets']['drop_le_1.5']]})",
-        f"  basis sparsity (tau {s['basis_threshold']})    {100 * s['basis_sparsity']:6.1f} %   "
-        f"(paper, DeiT-S: {100 * s['paper_basis_sparsity']:.1f} %)",
-        f"  coefficient sparsity            {100 * s['coef_sparsity']:6.1f} %   (rows with every coefficient "
-        f"pruned: {100 * s['empty_coef_rows']:.1f} %)",
-        f"  mask density                    {100 * s['mask_density']:6.1f} %",
-        f"  attention-mass recall           {100 * s['recall']:6.1f} %   (oracle top-{s['budget']}: "
-        f"{100 * s['oracle_recall']:.1f} %)",
-        f"  MHSA MACs reduction             {100 * s['mhsa_reduction']:6.1f} %   (incl. predictor; "
-        f"{100 * s['mhsa_reduction_without_predictor']:.1f} % without; same settings and densities on "
-        f"DeiT-S, N=197: {100 * s['mhsa_reduction_deit_small']:.1f} %)",
-        f"  wall time                       {s['wall_s']:6.0f} s   (training {s['train_s']:.0f} s)",
-        f"  outputs: {s['output']}" + (f" (figures in {s['output']}/figures)" if s.get("figures") else ""),
+    t = s["targets"]
+    rows = [
+        ("teacher (dense) top-1", f"{s['teacher_top1']:6.2f} %", f"target >= 95: {ok[t['teacher_top1_ge_95']]}"),
+        ("phase 1 (sparse, not tuned)", f"{s['phase1_top1']:6.2f} %", ""),
+        ("Sparsifiner top-1", f"{s['sparsifiner_top1']:6.2f} %",
+         f"drop {s['top1_drop']:+.2f} points (target <= 1.5: {ok[t['drop_le_1.5']]})"),
+        (f"basis sparsity (tau {s['basis_threshold']})", f"{100 * s['basis_sparsity']:6.1f} %",
+         f"(paper, DeiT-S: {100 * s['paper_basis_sparsity']:.1f} %)"),
+        ("coefficient sparsity", f"{100 * s['coef_sparsity']:6.1f} %",
+         f"(rows with every coefficient pruned: {100 * s['empty_coef_rows']:.1f} %)"),
+        ("mask density", f"{100 * s['mask_density']:6.1f} %", ""),
+        ("attention-mass recall", f"{100 * s['recall']:6.1f} %", f"(oracle top-{s['budget']}: {100 * s['oracle_recall']:.1f} %)"),
+        ("MHSA MACs reduction", f"{100 * s['mhsa_reduction']:6.1f} %",
+         f"(incl. predictor; {100 * s['mhsa_reduction_without_predictor']:.1f} % without; same settings and "
+         f"densities on DeiT-S, N=197: {100 * s['mhsa_reduction_deit_small']:.1f} %)"),
+        ("wall time", f"{s['wall_s']:6.0f} s", f"(training {s['train_s']:.0f} s)"),
     ]
+    lines = [f"Sparsifiner demo (digits, N={s['num_tokens']} tokens, keep rate {s['keep_rate']} -> budget {s['budget']})"]
+    lines += [f"  {label:<30} {value:>9}   {note}".rstrip() for label, value, note in rows]
+    lines.append(f"  outputs: {s['output']}" + (f" (figures in {s['output']}/figures)" if s.get("figures") else ""))
     return "\n".join(lines)
 
 

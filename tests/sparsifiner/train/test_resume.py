@@ -53,7 +53,10 @@ def test_resume_after_an_interrupted_epoch_matches_the_uninterrupted_run(tmp_pat
         run_training(settings, phase, tmp_path / "killed", progress=False)
     with pytest.raises(SparsifinerError, match="setting seed was 0, now 1"):
         run_training(settings.replace(seed=1), phase, tmp_path / "killed", resume=True, progress=False)
+    stale = tmp_path / "killed" / f".{name}.state.safetensors.k1ll.tmp"  # a write cut short by the kill
+    stale.write_bytes(b"half a checkpoint")
     run_training(settings, phase, tmp_path / "killed", resume=True, progress=False)
+    assert not stale.exists()
 
     a = load_file(str(tmp_path / "straight" / f"{name}.safetensors"))
     b = load_file(str(tmp_path / "killed" / f"{name}.safetensors"))
