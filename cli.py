@@ -8,6 +8,7 @@ which ``main`` prints as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -267,8 +268,12 @@ def visualize(checkpoint, output, data, index, image, query, blocks, heads, budg
 @cli.command()
 @train_options
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
-def demo(recipe, assignments, no_figures, **flags):
-    """Train teacher, phase 1 and phase 2 on the bundled digits and report accuracy, sparsity and FLOPs."""
+@click.option("--no-export", is_flag=True, help="Skip the ONNX export and its validation.")
+@click.pass_context
+def demo(ctx, recipe, assignments, no_figures, no_export, **flags):
+    """Train teacher, phase 1 and phase 2 on the bundled digits, report accuracy, sparsity and FLOPs,
+    then export the result to ONNX and validate it in ONNX Runtime against PyTorch."""
+    from sparsifiner.train.runner import artifact_path
     from sparsifiner.train.workflows import format_demo, run_demo
 
     run, flags = _split_flags(flags)
@@ -276,7 +281,39 @@ def demo(recipe, assignments, no_figures, **flags):
     output = _runtime(run["threads"], recipe, run["output"])
     summary = run_demo(settings, output, resume=run["resume"], overwrite=run["overwrite"],
                        progress=not run["no_progress"], device=run["device"], figures=not no_figures)
-    emit(summary, run["as_json"], format_demo(summary))
+    table = format_demo(summary)
+    if not no_export:
+        summary["onnx"] = export_and_validate_demo(artifact_path(Path(summary["output"]), "phase2"))
+        table += "\n" + format_demo_onnx(summary["onnx"])
+    emit(summary, run["as_json"], table)
+    if not no_export and not summary["onnx"]["passed"]:
+        ctx.exit(1)
+
+
+def export_and_validate_demo(checkpoint: Path) -> dict:
+    """Export the demo's phase-2 model (custom op form) and validate it on every val digit,
+    running the op through the graph's local function and through the op kernel."""
+    from sparsifiner.data.digits import DigitsDataset
+    from sparsifiner.export import ExportSettings, ModelSource, ValidateSettings, export_onnx, validate_onnx
+
+    onnx_path = checkpoint.with_name("sparsifiner.onnx")
+    export_onnx(ExportSettings(source=ModelSource(checkpoint=str(checkpoint)), attention="custom"), onnx_path)
+    batch = 40
+    num_batches = -(-len(DigitsDataset("val")) // batch)
+    reports = {op: validate_onnx(ValidateSettings(onnx_path=str(onnx_path), inputs="demo", batch=batch,
+                                                  num_batches=num_batches, ort_op=op))
+               for op in ("function", "extensions")}
+    return {"path": str(onnx_path), "passed": all(r["passed"] for r in reports.values()), "validation": reports}
+
+
+def format_demo_onnx(onnx: dict) -> str:
+    lines = [f"  ONNX export: {onnx['path']}"]
+    for op, report in onnx["validation"].items():
+        out = report["outputs"][0]
+        lines.append(f"    ONNX Runtime ({op}) vs PyTorch on {report['samples']} val digits: max abs "
+                     f"{out['max_abs']:.2e}, top-1 agreement {100 * out['top1']:.1f} %  "
+                     f"{'PASS' if report['passed'] else 'FAIL'}")
+    return "\n".join(lines)
 
 
 @cli.command("reg-study")

@@ -1,5 +1,6 @@
 """Save/load round trips and resolution transfer."""
 import json
+import os
 
 import pytest
 import torch
@@ -31,6 +32,9 @@ def test_save_load_round_trips_exactly(tmp_path, demo):
     with torch.no_grad():
         assert torch.equal(demo(x), loaded(x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "demo.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_missing_corrupt_and_foreign_checkpoints(tmp_path, demo):

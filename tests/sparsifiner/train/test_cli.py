@@ -38,6 +38,9 @@ def test_demo_command_reports_the_table_and_json(tmp_path):
     # --resume on a finished demo retrains nothing and prints the same numbers
     again = json.loads(invoke(["demo", "--output", str(out), "--resume", "--no-figures", "--json", *TINY]).stdout)
     assert again["sparsifiner_top1"] == summary["sparsifiner_top1"]
+    # the demo ends by exporting the phase-2 model and validating it in ONNX Runtime
+    assert (out / "sparsifiner.onnx").is_file() and "ONNX Runtime (extensions) vs PyTorch" in table
+    assert again["onnx"]["passed"] and set(again["onnx"]["validation"]) == {"function", "extensions"}
 
 
 def test_evaluate_command(phase_runs):
