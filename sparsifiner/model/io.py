@@ -71,8 +71,8 @@ def save_sparsifiner(model: nn.Module, path: Union[str, Path], extra: Optional[d
     return path
 
 
-def read_description(path: Union[str, Path]) -> dict:
-    """The JSON description stored in a checkpoint's header (no weights are read)."""
+def read_header(path: Union[str, Path]) -> dict:
+    """The string metadata in a .safetensors file's header, with one-line errors."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -80,9 +80,15 @@ def read_description(path: Union[str, Path]) -> dict:
         raise SparsifinerError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as exc:  # safetensors raises several types for corrupt headers
-        raise SparsifinerError(f"{path} is not a readable safetensors file (corrupt or truncated): re-create it") from exc
+        raise SparsifinerError(f"{path} is not a readable .safetensors file (corrupt, truncated or another "
+                               "format): pass a safetensors checkpoint") from exc
+
+
+def read_description(path: Union[str, Path]) -> dict:
+    """The JSON description stored in a checkpoint's header (no weights are read)."""
+    meta = read_header(path)
     if METADATA_KEY not in meta:
         raise SparsifinerError(f"{path} is not a Sparsifiner checkpoint (no '{METADATA_KEY}' metadata): "
                                "save it with sparsifiner.save_sparsifiner")

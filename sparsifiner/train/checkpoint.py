@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.model.io import atomic_write
+from sparsifiner.model.io import atomic_write, read_header
 
 STATE_FORMAT = "sparsifiner-train-state"
 DENSE_FORMAT = "sparsifiner-dense"
@@ -142,15 +142,11 @@ def save_dense(model: nn.Module, path: Path, extra: Optional[dict] = None) -> Pa
 
 def read_weights(path: Path) -> tuple[Optional[dict], dict]:
     """(description or None for a plain state dict, tensors) of a .safetensors weights file."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise SparsifinerError(f"checkpoint not found: {path}")
+    meta = read_header(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         tensors = load_file(str(path))
     except Exception:
         raise SparsifinerError(f"{path} is not a readable .safetensors file (corrupt, truncated or another "

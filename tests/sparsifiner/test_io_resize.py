@@ -43,7 +43,7 @@ def test_missing_corrupt_and_foreign_checkpoints(tmp_path, demo):
     path = save_sparsifiner(demo, tmp_path / "demo.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(SparsifinerError, match="corrupt or truncated"):
+    with pytest.raises(SparsifinerError, match="corrupt, truncated"):
         load_sparsifiner(corrupt)
     from safetensors.torch import save_file
 
