@@ -5,7 +5,7 @@ with a local-function fallback, standard-op decomposition, dense teacher);
 ``validate_onnx(ValidateSettings(...))`` compares the file in ONNX Runtime with the
 PyTorch model. Names load lazily so importing the package does not import torch.
 """
-from importlib import import_module
+from sparsifiner._lazy import lazy_getattr
 
 _LAZY = {
     "ExportSettings": "sparsifiner.export.settings",
@@ -22,8 +22,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sparsifiner.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

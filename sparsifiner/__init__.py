@@ -3,7 +3,7 @@
 The public API is imported lazily so ``import sparsifiner`` (and the CLI's ``--help``)
 stays instant: torch and timm load only when a model function is first used.
 """
-from importlib import import_module
+from sparsifiner._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -24,8 +24,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sparsifiner' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

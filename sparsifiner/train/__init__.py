@@ -3,7 +3,7 @@
 The CLI builds a ``TrainSettings`` from a recipe (``build_train_settings``) and calls
 ``run_training``, ``evaluate_checkpoints``, ``run_demo`` or ``run_regulariser_study``.
 """
-from importlib import import_module
+from sparsifiner._lazy import lazy_getattr
 
 _LAZY = {
     "TrainSettings": "sparsifiner.train.settings",
@@ -16,8 +16,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sparsifiner.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
