@@ -14,7 +14,10 @@ from pathlib import Path
 import click
 
 from sparsifiner import __version__
+from sparsifiner._namespace import require_namespace
 from sparsifiner.errors import SparsifinerError
+
+require_namespace(__name__, "sparsifiner.cli")
 
 # Flags shared by every command that builds a model from settings.
 SETTINGS_FLAGS = [

@@ -3,3 +3,7 @@
 Planned: a calibrator that takes any iterable of ``{input_name: array}`` plus a cache
 path (Polygraphy's model). Nothing here is implemented yet; no command uses it.
 """
+from sparsifiner._namespace import require_namespace
+
+require_namespace(__name__, "sparsifiner.calib")
+

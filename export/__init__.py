@@ -5,6 +5,10 @@ with a local-function fallback, standard-op decomposition, dense teacher);
 ``validate_onnx(ValidateSettings(...))`` compares the file in ONNX Runtime with the
 PyTorch model. Names load lazily so importing the package does not import torch.
 """
+from sparsifiner._namespace import require_namespace
+
+require_namespace(__name__, "sparsifiner.export")
+
 from sparsifiner._lazy import lazy_getattr
 
 _LAZY = {

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from sparsifiner import __version__
-from sparsifiner.command.cli import cli
+from sparsifiner.cli import cli
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def test_every_command_has_help(run):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from sparsifiner.command.cli import cli; print('torch' in sys.modules)"
+    code = "import sys; from sparsifiner.cli import cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from sparsifiner.command.cli import cli
+from sparsifiner.cli import cli
 
 
 @pytest.fixture()

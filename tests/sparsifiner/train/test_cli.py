@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from sparsifiner.command.cli import cli
+from sparsifiner.cli import cli
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32",
         "--set", "timm_kwargs={patch_size: 4, embed_dim: 64, depth: 2, num_heads: 1}",

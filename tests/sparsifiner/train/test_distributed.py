@@ -26,7 +26,7 @@ def _run(cmd, env):
                     reason="this torch build has no gloo backend for CPU data parallel")
 def test_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    entry = ["-m", "sparsifiner.command.cli", "train"]
+    entry = ["-m", "sparsifiner.cli", "train"]
     _run([sys.executable, *entry, *ARGS, "--output", str(tmp_path / "one")], env)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     _run([*torchrun, *entry, *ARGS, "--output", str(tmp_path / "two")], env)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from sparsifiner.command.cli import cli
+from sparsifiner.cli import cli
 
 TINY = ["--model", "vit_tiny_patch16_224", "--img-size", "32",
         "--set", "timm_kwargs={patch_size: 4, embed_dim: 64, depth: 2, num_heads: 1}",

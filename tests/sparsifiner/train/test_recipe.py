@@ -49,7 +49,7 @@ def test_overrides_and_yaml_scalars(tmp_path):
 
 
 def test_cli_flags_override_the_recipe_for_the_phases_that_run():
-    from sparsifiner.command.cli import build_train_settings_from_flags
+    from sparsifiner.cli import build_train_settings_from_flags
 
     s = build_train_settings_from_flags("demo", ("phase1",), ["phase2.lr=1e-5"],
                                         {"epochs": 7, "lr": 0.01, "reg": "l1", "keep_rate": 0.5, "batch_size": 64})

@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 from PIL import Image
 
-from sparsifiner.command.cli import cli
+from sparsifiner.cli import cli
 from sparsifiner.model.io import save_sparsifiner
 from sparsifiner.model.sparsify import prune_basis
 from sparsifiner.model.zoo import create_demo_sparsifiner
