@@ -1,30 +1,20 @@
 """Build TensorRT engines from exported ONNX graphs (TensorRT or TensorRT-RTX).
 
-``import_tensorrt()`` returns the real ``tensorrt`` module when installed, else
-``tensorrt_rtx_bindings`` (the same Python API). ``build_engine`` is written against
-that API: Builder, network, OnnxParser, BuilderConfig, an optimization profile for a
-dynamic batch, ``build_serialized_network``. TensorRT-RTX builds ahead of time on a
-machine without a GPU when it is given the target compute capability.
-
-Two quirks of the TensorRT-RTX wheels:
+``build_engine`` is written against the ``tensorrt`` API (``sparsifiner.runtime.trt_loader``
+picks TensorRT or TensorRT-RTX): Builder, network, OnnxParser, BuilderConfig, an
+optimization profile for a dynamic batch, ``build_serialized_network``. TensorRT-RTX
+builds ahead of time on a machine without a GPU when it is given the target compute
+capability.
 
 * Precision: RTX builds strongly typed networks only, so an fp16 engine comes from an
   fp16 graph (``sparsifiner export --dtype fp16``); classic TensorRT uses the FP16 flag.
-* Loader: the ONNX parser dlopen()s ``libtensorrt_rtx.so`` (to reach the plugin
-  registry for nodes it does not know), but the wheel ships only
-  ``libtensorrt_rtx.so.1``; when that dlopen fails the process aborts. We keep an
-  unversioned symlink in a user cache folder (``ensure_rtx_library_link``) and put it
-  on LD_LIBRARY_PATH for subprocesses (``loader_env``). The loader reads that variable
-  at process start only, so in-process builds instead refuse graphs with nodes that
-  need a plugin before parsing, and ``build_engine_isolated`` runs a build in a child
-  process, turning a crash into a SparsifinerError.
+* Plugins: because of the RTX loader quirk (see trt_loader), in-process builds refuse
+  graphs with nodes that need a plugin before parsing, and ``build_engine_isolated``
+  runs a build in a child process with the loader fix, turning a crash into a
+  SparsifinerError.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,86 +22,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 from sparsifiner.errors import SparsifinerError
+from sparsifiner.runtime.trt_loader import (gpu_visible, import_tensorrt, is_rtx, loader_env, make_logger,
+                                             registered_plugins)
 
-RTX_MODULE = "tensorrt_rtx_bindings"
-RTX_LIBS_MODULE = "tensorrt_rtx_libs"
-RTX_LIBRARY = "libtensorrt_rtx.so"
 # ONNX domains TensorRT's parser imports natively; any other node needs a plugin.
 _NATIVE_DOMAINS = ("", "ai.onnx")
-
-
-def import_tensorrt():
-    """The ``tensorrt`` module, else ``tensorrt_rtx_bindings``; SparsifinerError if neither."""
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError:
-        pass
-    ensure_rtx_library_link()
-    try:
-        return importlib.import_module(RTX_MODULE)
-    except ImportError as exc:
-        raise SparsifinerError("TensorRT is not installed: pip install 'sparsifiner[rtx]' (TensorRT-RTX) "
-                               "or 'sparsifiner[trt]'") from exc
-
-
-def tensorrt_available() -> bool:
-    return any(importlib.util.find_spec(name) is not None for name in ("tensorrt", RTX_MODULE))
-
-
-def is_rtx(trt) -> bool:
-    return trt.__name__.split(".")[0].startswith("tensorrt_rtx")
-
-
-def rtx_library_dir() -> Optional[Path]:
-    spec = importlib.util.find_spec(RTX_LIBS_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparsifiner" / "tensorrt_rtx"
-
-
-def ensure_rtx_library_link() -> Optional[Path]:
-    """A folder where ``libtensorrt_rtx.so`` resolves to the wheel's ``.so.1``; None without RTX.
-
-    The wheel's own folder when it has the unversioned name already, else a per-wheel
-    folder in the user cache holding the symlink (created atomically, once).
-    """
-    libdir = rtx_library_dir()
-    if libdir is None:
-        return None
-    if (libdir / RTX_LIBRARY).exists():
-        return libdir
-    target = libdir / f"{RTX_LIBRARY}.1"
-    if not target.exists():
-        return None
-    folder = _cache_root() / hashlib.sha1(str(target.resolve()).encode()).hexdigest()[:12]
-    link = folder / RTX_LIBRARY
-    if link.is_symlink() and link.resolve() == target.resolve():
-        return folder
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{RTX_LIBRARY}.{os.getpid()}"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    except OSError:
-        return None  # a read-only home: builds still work for graphs that need no plugin
-    return folder
-
-
-def loader_env(env: Optional[dict] = None) -> dict:
-    """A copy of ``env`` (default os.environ) whose LD_LIBRARY_PATH finds libtensorrt_rtx.so."""
-    env = dict(os.environ if env is None else env)
-    folder = ensure_rtx_library_link()
-    if folder is not None:
-        parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-        if str(folder) not in parts:
-            env["LD_LIBRARY_PATH"] = os.pathsep.join([str(folder), *parts])
-    return env
 
 
 def plugin_nodes(onnx_model) -> list[str]:
@@ -126,39 +41,13 @@ def plugin_nodes(onnx_model) -> list[str]:
     return found
 
 
-def _make_logger(trt):
-    class _Logger(trt.ILogger):
-        """Keeps error messages for the exception; prints nothing below errors."""
-
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list = []
-
-        def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.ERROR:
-                self.errors.append(str(msg))
-
-    return _Logger()
-
-
-def _gpu_visible() -> bool:
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        count = ctypes.c_int(0)
-        return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-    except OSError:
-        return False
-
-
 def _set_compute_capability(trt, config, compute_capability: Optional[str]) -> None:
     if not hasattr(trt, "ComputeCapability"):
         if compute_capability not in (None, "current"):
             raise SparsifinerError("compute_capability is a TensorRT-RTX option; classic TensorRT targets the local GPU")
         return
     if compute_capability is None:
-        if not _gpu_visible():
+        if not gpu_visible():
             raise SparsifinerError("no GPU is visible: pass compute_capability (e.g. 'sm86') to build ahead of time")
         compute_capability = "current"
     name = compute_capability.upper()
@@ -167,13 +56,6 @@ def _set_compute_capability(trt, config, compute_capability: Optional[str]) -> N
         raise SparsifinerError(f"unknown compute capability {compute_capability!r}: use one of {options}")
     config.num_compute_capabilities = 1
     config.set_compute_capability(trt.ComputeCapability.__members__[name], 0)
-
-
-def _registered_plugins(trt) -> set:
-    try:
-        return {creator.name for creator in trt.get_plugin_registry().all_creators}
-    except Exception:  # bindings differ across versions; no registry means no plugins
-        return set()
 
 
 def build_engine(onnx_path: Union[str, Path], *, fp16: bool = False, max_batch: int = 8,
@@ -195,14 +77,14 @@ def build_engine(onnx_path: Union[str, Path], *, fp16: bool = False, max_batch: 
         raise SparsifinerError(f"ONNX file not found: {path}")
     model = onnx.load(str(path), load_external_data=False)
     trt = import_tensorrt()
-    registered = _registered_plugins(trt)
+    registered = registered_plugins(trt)
     needs_plugin = [name for name in plugin_nodes(model) if name.split("::")[-1] not in registered]
     if needs_plugin and check_plugins:
         raise SparsifinerError(
             f"{path} has nodes without a TensorRT importer or local function ({', '.join(needs_plugin)}): "
             "export with --attention decomposed, or keep the op's local function"
         )
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     flags = 0
     if not is_rtx(trt) and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") \
@@ -248,7 +130,7 @@ def build_engine_isolated(onnx_path: Union[str, Path], *, timeout: float = 600, 
     """build_engine in a child process (with the loader fix); a crash becomes an error."""
     with tempfile.TemporaryDirectory(prefix="sparsifiner-trt-") as tmp:
         engine_path = Path(tmp) / "model.engine"
-        cmd = [sys.executable, "-m", "sparsifiner.runtime.trt", str(onnx_path), str(engine_path)]
+        cmd = [sys.executable, "-m", "sparsifiner.runtime.engine_build", str(onnx_path), str(engine_path)]
         for key, value in options.items():
             if key == "check_plugins":
                 if not value:
@@ -273,7 +155,7 @@ def build_engine_isolated(onnx_path: Union[str, Path], *, timeout: float = 600, 
 def _main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m sparsifiner.runtime.trt", description="Build a TensorRT engine.")
+    parser = argparse.ArgumentParser(prog="python -m sparsifiner.runtime.engine_build", description="Build a TensorRT engine.")
     parser.add_argument("onnx")
     parser.add_argument("engine")
     parser.add_argument("--fp16", action="store_true")
