@@ -106,14 +106,17 @@ def op_schema() -> onnx.defs.OpSchema:
         outputs=[OpSchema.FormalParameter(op_spec.OUTPUT_NAMES[0], "T")],
         type_constraints=[("T", floats, "q, k, v and out"), ("TC", floats, "coefficients (float in fp16 models)"),
                           ("TB", floats, "pruned basis")],
-        attributes=[
-            OpSchema.Attribute(op_spec.ATTR_BUDGET, OpSchema.AttrType.INT, "keys kept per non-CLS row"),
-            OpSchema.Attribute(op_spec.ATTR_SCALE, OpSchema.AttrType.FLOAT, "logit scale"),
-            OpSchema.Attribute(op_spec.ATTR_CLS_ROWS, onnx.helper.make_attribute(op_spec.ATTR_CLS_ROWS,
-                                                                                 op_spec.DEFAULT_CLS_ROWS),
-                               "leading rows with dense attention"),
-        ],
+        attributes=[_schema_attribute(attr) for attr in op_spec.ATTRIBUTES],
     )
+
+
+def _schema_attribute(attr: op_spec.Attribute) -> onnx.defs.OpSchema.Attribute:
+    """An op_spec attribute as an ONNX schema attribute: typed when required, with its default otherwise."""
+    OpSchema = onnx.defs.OpSchema
+    if attr.default is None:
+        kind = OpSchema.AttrType.INT if attr.type == "int" else OpSchema.AttrType.FLOAT
+        return OpSchema.Attribute(attr.name, kind, attr.doc)
+    return OpSchema.Attribute(attr.name, onnx.helper.make_attribute(attr.name, attr.convert(attr.default)), attr.doc)
 
 
 def register_schema() -> None:
@@ -125,7 +128,6 @@ def register_schema() -> None:
 def torch_translation(q, k, v, coef, basis, budget: int, scale: float, cls_rows: int):
     """custom_translation_table entry: one TopKMaskedAttention node per call."""
     register_schema()
-    return getattr(CUSTOM_OPSET, op_spec.OP_NAME)(
-        q, k, v, coef, basis,
-        **{op_spec.ATTR_BUDGET: int(budget), op_spec.ATTR_SCALE: float(scale), op_spec.ATTR_CLS_ROWS: int(cls_rows)},
-    )
+    attrs = op_spec.typed_attributes({op_spec.ATTR_BUDGET: budget, op_spec.ATTR_SCALE: scale,
+                                      op_spec.ATTR_CLS_ROWS: cls_rows})
+    return getattr(CUSTOM_OPSET, op_spec.OP_NAME)(q, k, v, coef, basis, **attrs)

@@ -20,6 +20,7 @@ Rows i < c: dense softmax attention. Row i >= c: s = coef[i - c] @ basis; keep t
 over the kept j only, accumulated in fp32; weighted sum of the kept v_j.
 """
 from dataclasses import dataclass
+from typing import Optional, Union
 
 OP_NAME = "TopKMaskedAttention"
 OP_DOMAIN = "sparsifiner"
@@ -30,31 +31,56 @@ TORCH_OP_NAME = "topk_masked_attention"
 
 INPUT_NAMES = ("q", "k", "v", "coef", "basis")
 OUTPUT_NAMES = ("out",)
-ATTR_BUDGET = "budget"
-ATTR_SCALE = "scale"
-ATTR_CLS_ROWS = "cls_rows"
-ATTRIBUTE_NAMES = (ATTR_BUDGET, ATTR_SCALE, ATTR_CLS_ROWS)
-DEFAULT_CLS_ROWS = 1
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
-class OpAttributes:
-    """The op's attributes, validated against the shapes they will be used with."""
+class Attribute:
+    """One attribute of the op: its name, type ("int" or "float"), default and meaning.
 
-    budget: int
-    scale: float
-    cls_rows: int = DEFAULT_CLS_ROWS
+    ONNX stores "int" as INT (int64) and "float" as FLOAT; TensorRT's plugin creator
+    advertises them as kINT32 and kFLOAT32. ``default`` None means required.
+    """
 
-    def check(self, num_tokens: int) -> "OpAttributes":
-        from sparsifiner.errors import SparsifinerError
+    name: str
+    type: str
+    doc: str
+    default: Optional[Union[int, float]] = None
 
-        if not 1 <= self.budget <= num_tokens:
-            raise SparsifinerError(
-                f"budget {self.budget} is out of range: it must be between 1 and the number of keys ({num_tokens})"
-            )
-        if not 0 <= self.cls_rows < num_tokens:
-            raise SparsifinerError(f"cls_rows {self.cls_rows} must be in [0, {num_tokens})")
-        if not self.scale > 0:
-            raise SparsifinerError(f"scale must be positive, got {self.scale}")
-        return self
+    @property
+    def python_type(self) -> type:
+        return int if self.type == "int" else float
+
+    def convert(self, value) -> Union[int, float]:
+        return self.python_type(value)
+
+
+ATTR_BUDGET = "budget"
+ATTR_SCALE = "scale"
+ATTR_CLS_ROWS = "cls_rows"
+DEFAULT_CLS_ROWS = 1
+# The attributes in their canonical order: the ONNX node, the local function, the ONNX
+# Runtime op and the TensorRT plugin's field list all follow this table.
+ATTRIBUTES = (
+    Attribute(ATTR_BUDGET, "int", "keys kept per non-CLS row, 1 <= budget <= N"),
+    Attribute(ATTR_SCALE, "float", "logit scale, usually head_dim ** -0.5"),
+    Attribute(ATTR_CLS_ROWS, "int", "leading rows that attend densely", DEFAULT_CLS_ROWS),
+)
+ATTRIBUTE_NAMES = tuple(a.name for a in ATTRIBUTES)
+ATTRIBUTE_BY_NAME = {a.name: a for a in ATTRIBUTES}
+
+
+def typed_attributes(values: dict) -> dict:
+    """``values`` converted to the attributes' types, defaults filled in; unknown or missing names raise."""
+    unknown = sorted(set(values) - set(ATTRIBUTE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown {OP_NAME} attributes {unknown}; the op has {list(ATTRIBUTE_NAMES)}")
+    out = {}
+    for attr in ATTRIBUTES:
+        if attr.name in values:
+            out[attr.name] = attr.convert(values[attr.name])
+        elif attr.default is not None:
+            out[attr.name] = attr.default
+        else:
+            raise ValueError(f"{OP_NAME} needs the attribute {attr.name!r} ({attr.doc})")
+    return out

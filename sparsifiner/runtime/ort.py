@@ -133,8 +133,7 @@ def register_kernel() -> str:
         op_type=op_type,
         inputs=[PyOp.dt_float] * len(op_spec.INPUT_NAMES),
         outputs=[PyOp.dt_float],
-        attrs={op_spec.ATTR_BUDGET: PyOp.dt_int64, op_spec.ATTR_SCALE: PyOp.dt_float,
-               op_spec.ATTR_CLS_ROWS: PyOp.dt_int64},
+        attrs={a.name: PyOp.dt_int64 if a.type == "int" else PyOp.dt_float for a in op_spec.ATTRIBUTES},
     )(_kernel)
     _REGISTERED["op_type"] = op_type
     return op_type
@@ -150,8 +149,5 @@ def _kernel(q, k, v, coef, basis, **attrs):
     KERNEL_CALLS["count"] += 1
     tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (q, k, v, coef, basis)]
     with torch.no_grad():
-        out = topk_masked_attention_reference(
-            *tensors, int(attrs[op_spec.ATTR_BUDGET]), float(attrs[op_spec.ATTR_SCALE]),
-            int(attrs.get(op_spec.ATTR_CLS_ROWS, op_spec.DEFAULT_CLS_ROWS)),
-        )
+        out = topk_masked_attention_reference(*tensors, **op_spec.typed_attributes(attrs))
     return out.numpy()
