@@ -27,7 +27,7 @@ from typing import Union
 
 from sparsifiner import op_spec
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
+from sparsifiner.artifacts import INPUT_NAME, OUTPUT_NAME, atomic_write, build_metadata, sidecar_path, write_json
 from sparsifiner.export.settings import ExportSettings
 
 # Node metadata kept in the file; the rest (stack traces with local paths, FX dumps)
@@ -43,18 +43,20 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     import onnx
     import torch
 
-    from sparsifiner.export import models, onnx_op
+    from sparsifiner.data.folder import data_config_dict
+    from sparsifiner.export import onnx_op
     from sparsifiner.model import budget_of, settings_of
-    from sparsifiner.model.io import atomic_write
+    from sparsifiner.model.source import load_model
     from sparsifiner.model.sparsify import arch_of
 
     path = Path(path)
     _check_destination(path)
     start = time.perf_counter()
-    model, sparse, trained = models.load_model(settings.source, settings.attention)
+    model, sparse, trained = load_model(settings.source, settings.attention)
     if settings.dtype == "fp16":
         model = model.half()
-    channels, height, width = models.data_config(model)["input_size"]
+    preprocess = data_config_dict(model)
+    channels, height, width = preprocess["input_size"]
     example_batch = 2 if settings.dynamic_batch else settings.batch
     dtype = torch.float16 if settings.dtype == "fp16" else torch.float32
     example = torch.randn(example_batch, channels, height, width).to(dtype)
@@ -101,7 +103,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     meta = build_metadata(
         attention=settings.attention, dtype=settings.dtype, opset=settings.opset, batch=settings.batch,
         budget=budget_of(sparse), settings=sparse_settings.to_dict(), arch=arch_of(sparse),
-        source=source, trained=trained, data_config=models.data_config(model),
+        source=source, trained=trained, data_config=preprocess,
     )
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -136,8 +138,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     # which is the description of a checkpoint model.safetensors in the same folder).
     sidecar = {"export_settings": settings.to_dict(), "summary": summary}
     try:
-        atomic_write(path.with_name(path.name + ".json"),
-                     lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str) + "\n"))
+        write_json(sidecar_path(path), sidecar)
     except OSError as exc:
         raise SparsifinerError(f"wrote {path} but not its settings file: {exc.strerror or exc}") from exc
     return summary

@@ -180,6 +180,28 @@ def budget_of(model: nn.Module) -> int:
     return sparse_layers(model)[0].budget
 
 
+def set_budget(model: nn.Module, budget: Optional[int] = None, keep_rate: Optional[float] = None) -> int:
+    """Give every block a new budget, explicit or from a keep rate (``budget`` wins when both
+    are given), keeping the model's settings and its layers consistent; returns the budget."""
+    if budget is None and keep_rate is None:
+        raise SparsifinerError("set_budget needs a budget or a keep rate")
+    current = settings_of(model)
+    return apply_settings(model, current.replace(budget=budget, keep_rate=current.keep_rate if keep_rate is None
+                                                 else keep_rate))
+
+
+def apply_settings(model: nn.Module, settings: SparsifinerSettings) -> int:
+    """Apply non-structural settings (budget, keep rate, thresholds) to a built model, all
+    blocks or none; returns the budget."""
+    layers = sparse_layers(model)
+    for layer in layers:  # validate everything before changing anything
+        settings.resolve_budget(layer.num_tokens, layer.num_prefix_tokens)
+    for layer in layers:
+        layer.set_settings(settings)
+    model.sparsifiner_settings = settings
+    return budget_of(model)
+
+
 @torch.no_grad()
 def count_parameters(model: nn.Module) -> dict:
     predictor = sum(p.numel() for p in predictor_parameters(model))

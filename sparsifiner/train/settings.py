@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sparsifiner.errors import SparsifinerError
+from sparsifiner.model.zoo import DEMO_NAME
 from sparsifiner.settings import SparsifinerSettings
 
 PHASES = ("teacher", "phase1", "phase2")
@@ -21,7 +22,6 @@ REGULARISERS = ("l2", "l1")
 ATTN_LOSSES = ("mse", "kl")
 REDUCTIONS = ("sum", "mean")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-DEMO_MODEL = "demo"
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class TrainSettings:
     limit: use only the first ``limit`` images of each split (smoke tests).
     """
 
-    model: str = DEMO_MODEL
+    model: str = DEMO_NAME
     timm_kwargs: dict = field(default_factory=dict)
     data: Optional[str] = "digits"
     img_size: Optional[int] = None

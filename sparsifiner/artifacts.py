@@ -1,23 +1,68 @@
-"""The metadata_props an exported ONNX file carries, and reading them back.
+"""Artifacts on disk: atomic writes, the JSON written beside each artifact, ONNX metadata keys.
 
-Every value is a string; structured values are JSON. Preprocessing keys follow timm's
-data config (``preprocess.mean`` etc.) so a deployment can rebuild the transform
-without timm. ``sparsifiner.source`` records how to rebuild the PyTorch model (a
-checkpoint path, or a timm name with its seed), which ``validate`` uses by default.
+Every artifact (checkpoint, ONNX file, engine, figures) is written through
+``atomic_write``: a temporary file in the same folder, then ``os.replace``, so a failure
+leaves nothing half-written. Its settings go beside it as JSON (``model.onnx`` ->
+``model.onnx.json``; ``sidecar_path``).
+
+Exported ONNX files carry ``metadata_props``: every value is a string, structured
+values are JSON. Preprocessing keys follow timm's data config (``preprocess.mean``
+etc.) so a deployment can rebuild the transform without timm. ``sparsifiner.source``
+records how to rebuild the PyTorch model (a checkpoint path, or a timm name with its
+seed), which validation uses by default.
 """
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Union
 
 from sparsifiner import __version__, op_spec
 from sparsifiner.errors import SparsifinerError
 
-PREFIX = "sparsifiner."
-PREPROCESS_PREFIX = "preprocess."
+# Tensor names of every exported graph (and so of every engine built from one).
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then move tmp_path onto path; no partial file is left."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise SparsifinerError(f"output folder {path.parent} does not exist: create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise SparsifinerError(f"cannot write to {path.parent}: choose a writable output folder")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def sidecar_path(path: Union[str, Path]) -> Path:
+    """Where an artifact's JSON goes: ``model.onnx`` -> ``model.onnx.json`` (a checkpoint's
+    ``model.json`` is its description, so the sidecar keeps the full name)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_json(path: Union[str, Path], data) -> Path:
+    """Write ``data`` as indented JSON, atomically; returns the path."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))
+    return path
+
+
+PREFIX = "sparsifiner."
+PREPROCESS_PREFIX = "preprocess."
 
 
 def build_metadata(*, attention: str, dtype: str, opset: int, batch, budget: int, settings: dict, arch: dict,
