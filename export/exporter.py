@@ -89,6 +89,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         _name_batch_dim(proto.graph, settings.batch)
     _clean_node_metadata(proto.graph)
     custom_nodes = _name_attention_nodes(proto.graph)
+    op_inputs = op_input_names(custom_nodes) if settings.attention != "dense" else None
     if settings.attention in ("custom", "decomposed"):
         if not custom_nodes:
             raise AssertionError("no TopKMaskedAttention node was exported")
@@ -103,7 +104,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     meta = build_metadata(
         attention=settings.attention, dtype=settings.dtype, opset=settings.opset, batch=settings.batch,
         budget=budget_of(sparse), settings=sparse_settings.to_dict(), arch=arch_of(sparse),
-        source=source, trained=trained, data_config=preprocess,
+        source=source, trained=trained, data_config=preprocess, op_inputs=op_inputs,
     )
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -229,12 +230,35 @@ def _name_attention_nodes(graph) -> list:
             inits[basis].name = new
             node.input[op_spec.INPUT_NAMES.index("basis")] = new
             taken.add(new)
+        coef = node.input[op_spec.INPUT_NAMES.index("coef")]
+        new = f"{scope}.predictor.coef"
+        if coef not in inits and new not in taken:
+            _rename_value(graph, coef, new)
+            taken.add(new)
     for node in graph.node:
         for i, prop in enumerate(node.metadata_props):
             if prop.key == _NAME_SCOPES:
                 del node.metadata_props[i]
                 break
     return nodes
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    """Rename a tensor everywhere it appears in the graph (producer, consumers, value_info, outputs)."""
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+    for value in list(graph.value_info) + list(graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def op_input_names(nodes) -> dict:
+    """{"coef": [...], "basis": [...]}: the tensors each TopKMaskedAttention node reads, in block
+    order; validation reads the coefficients out of a runtime through these names."""
+    return {name: [n.input[op_spec.INPUT_NAMES.index(name)] for n in nodes] for name in ("coef", "basis")}
 
 
 def _block_scope(node):

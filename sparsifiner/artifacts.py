@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from sparsifiner import __version__, op_spec
 from sparsifiner.errors import SparsifinerError
@@ -66,8 +66,12 @@ PREPROCESS_PREFIX = "preprocess."
 
 
 def build_metadata(*, attention: str, dtype: str, opset: int, batch, budget: int, settings: dict, arch: dict,
-                   source: dict, trained: bool, data_config: dict) -> dict[str, str]:
-    """The key -> string map written into ModelProto.metadata_props."""
+                   source: dict, trained: bool, data_config: dict, op_inputs: Optional[dict] = None) -> dict[str, str]:
+    """The key -> string map written into ModelProto.metadata_props.
+
+    op_inputs: {"coef": [...], "basis": [...]}, the tensor names each block's attention op
+    reads (sparse forms), so validation can read a runtime's coefficients.
+    """
     meta = {
         "version": __version__,
         "attention": attention,
@@ -82,6 +86,8 @@ def build_metadata(*, attention: str, dtype: str, opset: int, batch, budget: int
         "trained": trained,
         "op": f"{op_spec.OP_DOMAIN}::{op_spec.OP_NAME}@{op_spec.OP_VERSION}" if attention == "custom" else "",
     }
+    if op_inputs:
+        meta["op_inputs"] = op_inputs
     props = {PREFIX + k: _encode(v) for k, v in meta.items()}
     props.update({PREPROCESS_PREFIX + k: _encode(v) for k, v in data_config.items()})
     return props

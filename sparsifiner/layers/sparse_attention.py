@@ -82,8 +82,13 @@ class SparsifinerAttention(nn.Module):
                 raise SparsifinerError(f"{name} is fixed when the predictor is built ({getattr(self.settings, name)}): "
                                        "build a new model to change it")
         budget = settings.resolve_budget(self.num_tokens, self.num_prefix_tokens)
+        repruned = self.predictor._pruned and any(
+            getattr(settings, name) != getattr(self.settings, name)
+            for name in ("basis_threshold", "basis_prune", "exact_scores"))
         self.settings = self.predictor.settings = settings
         self.budget = budget
+        if repruned:  # the stored pruned basis derives from these settings
+            self.predictor.prune_basis_()
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.num_tokens}, budget={self.budget}, mode={self.mode}"

@@ -169,6 +169,51 @@ def collect_aux(model: nn.Module) -> Iterator[list]:
             hook.remove()
 
 
+# Validation names each block's op coefficients like the exported graph does.
+COEF_SUFFIX = ".predictor.coef"
+
+
+def coefficient_names(model: nn.Module) -> list[str]:
+    """``<block>.attn.predictor.coef`` for each Sparsifiner layer, in block order."""
+    return [f"{name}{COEF_SUFFIX}" for name, m in model.named_modules() if isinstance(m, SparsifinerAttention)]
+
+
+@contextlib.contextmanager
+def capture_coefficients(model: nn.Module) -> Iterator[dict]:
+    """Within the block, each sparse-mode forward fills the yielded dict with the pruned
+    coefficients every block computed, keyed by ``coefficient_names`` (under
+    ``inject_coefficients``: the ones it computed, not the injected ones it used)."""
+    found: dict = {}
+    hooks = []
+    for name, layer in zip(coefficient_names(model), sparse_layers(model)):
+        def hook(module, inputs, output, name=name):
+            computed = module.computed_coef if module.coef_override is not None else output[0]
+            found[name] = computed.detach()
+        hooks.append(layer.predictor.register_forward_hook(hook))
+    try:
+        yield found
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextlib.contextmanager
+def inject_coefficients(model: nn.Module, coefs: dict) -> Iterator[None]:
+    """Within the block, sparse-mode blocks use the given coefficients ({name: [B, H, N-c, R]})
+    instead of computing them: the reference then selects the keys those coefficients select."""
+    layers = dict(zip(coefficient_names(model), sparse_layers(model)))
+    unknown = sorted(set(coefs) - set(layers))
+    if unknown:
+        raise SparsifinerError(f"no Sparsifiner block for coefficients {unknown[:3]}")
+    try:
+        for name, coef in coefs.items():
+            layers[name].predictor.coef_override = coef
+        yield
+    finally:
+        for layer in layers.values():
+            layer.predictor.coef_override = layer.predictor.computed_coef = None
+
+
 def settings_of(model: nn.Module) -> SparsifinerSettings:
     settings = getattr(model, "sparsifiner_settings", None)
     if settings is None:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from sparsifiner.settings import DEMO_NAME, SparsifinerSettings  # noqa: F401  (DEMO_NAME: the demo's public name)
+
 if TYPE_CHECKING:
     from torch import nn
 
-    from sparsifiner.settings import SparsifinerSettings
-
-# The name every command accepts for the demo model (``--model demo``, recipes).
-DEMO_NAME = "demo"
 # The timm architecture the demo model is built from.
 DEMO_TIMM_MODEL = "vit_tiny_patch16_224"
 DEMO_IMG_SIZE = 32

@@ -39,6 +39,23 @@ def load_model_proto(path: Union[str, Path]):
         raise SparsifinerError(f"{path} is not a readable ONNX file (corrupt or truncated): export it again") from exc
 
 
+def with_outputs(model, names):
+    """A copy of ``model`` that also returns the intermediate tensors ``names`` (typed by shape
+    inference); the file on disk is untouched."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise SparsifinerError(f"the graph has no typed tensor {missing[0]!r}: export it again with this version")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(known[n] for n in names if n not in present)
+    return copy
+
+
 def has_custom_op(model) -> bool:
     return any(n.domain == op_spec.OP_DOMAIN and n.op_type == op_spec.OP_NAME for n in model.graph.node)
 

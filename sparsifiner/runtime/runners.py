@@ -9,8 +9,9 @@ their outputs and inference times. Runners know nothing about comparison
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -33,22 +34,29 @@ class TorchModelLoader:
 
 
 class OrtSessionLoader:
-    """Callable returning an ONNX Runtime session (op backend: see runtime.ort)."""
+    """Callable returning an ONNX Runtime session (op backend: see runtime.ort); ``extra_outputs``
+    names intermediate tensors to return as well (the ops' coefficients, for validation)."""
 
-    def __init__(self, path: str, op_backend: str = "function"):
-        self.path, self.op_backend = path, op_backend
+    def __init__(self, path: str, op_backend: str = "function", extra_outputs: Sequence[str] = ()):
+        self.path, self.op_backend, self.extra_outputs = path, op_backend, tuple(extra_outputs)
 
     def __call__(self):
-        from sparsifiner.runtime.ort import create_session
+        from sparsifiner.runtime.ort import create_session, load_model_proto, with_outputs
 
-        return create_session(self.path, self.op_backend)
+        if not self.extra_outputs:
+            return create_session(self.path, self.op_backend)
+        return create_session(with_outputs(load_model_proto(self.path), self.extra_outputs), self.op_backend)
 
 
 class TorchRunner:
+    """The PyTorch model on a feed. ``capture_coefficients`` adds each block's op coefficients
+    to the outputs (named like the exported graph's tensors); a feed that carries such
+    coefficients has them injected, so the model selects the keys they select."""
+
     name = "pytorch"
 
-    def __init__(self, loader):
-        self.loader, self.model = loader, None
+    def __init__(self, loader, capture_coefficients: bool = False):
+        self.loader, self.model, self.capture = loader, None, capture_coefficients
 
     def activate(self) -> None:
         if self.model is None:
@@ -57,10 +65,16 @@ class TorchRunner:
     def infer(self, feed: dict) -> dict:
         import torch
 
+        from sparsifiner.model.sparsify import COEF_SUFFIX, capture_coefficients, inject_coefficients
+
         self.activate()
-        with torch.inference_mode():
+        coefs = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in feed.items() if k.endswith(COEF_SUFFIX)}
+        with contextlib.ExitStack() as stack, torch.inference_mode():
+            if coefs:
+                stack.enter_context(inject_coefficients(self.model, coefs))
+            captured = stack.enter_context(capture_coefficients(self.model)) if self.capture else {}
             out = self.model(torch.from_numpy(np.ascontiguousarray(feed[INPUT_NAME], dtype=np.float32)))
-        return {OUTPUT_NAME: out.float().numpy()}
+        return {OUTPUT_NAME: out.float().numpy(), **{k: v.float().numpy() for k, v in captured.items()}}
 
 
 class OrtRunner:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from sparsifiner.artifacts import read_metadata
+from sparsifiner.artifacts import OUTPUT_NAME, read_metadata
 from sparsifiner.data.feeds import build_feeds
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.model.source import ModelSource
@@ -116,12 +116,16 @@ def validate_onnx(settings: ValidateSettings) -> dict:
     feeds = build_feeds(settings.inputs, preprocess, batch, settings.num_batches, settings.seed)
 
     calls_before = ort_runtime.EXTENSIONS_OP_CALLS["count"]
-    runners = [TorchRunner(TorchModelLoader(source, info["attention"])),
-               OrtRunner(OrtSessionLoader(settings.onnx_path, settings.ort_op))]
-    run = run_all(runners, feeds)
+    coef_names = list((info.get("op_inputs") or {}).get("coef") or []) if info["attention"] != "dense" else []
+    torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]))
+    ort_runner = OrtRunner(OrtSessionLoader(settings.onnx_path, settings.ort_op, extra_outputs=coef_names))
+    if coef_names:
+        run = run_selection_aware(torch_runner, ort_runner, feeds, coef_names, atol, rtol)
+    else:
+        run = run_all([torch_runner, ort_runner], feeds)
     reference, candidate = run["outputs"][TorchRunner.name], run["outputs"][OrtRunner.name]
-    comparisons = compare_outputs(reference, candidate, atol, rtol)
-    return {
+    comparisons = compare_outputs({OUTPUT_NAME: reference[OUTPUT_NAME]}, candidate, atol, rtol)
+    report = {
         "onnx": str(settings.onnx_path),
         "attention": info["attention"],
         "dtype": dtype,
@@ -138,8 +142,53 @@ def validate_onnx(settings: ValidateSettings) -> dict:
         "rtol": rtol,
         "seconds": {k: round(v, 3) for k, v in run["seconds"].items()},
         "outputs": [c.to_dict() for c in comparisons],
+        "selection": None,
+        "outputs_same_selection": None,
         "passed": all(c.passed for c in comparisons),
     }
+    if coef_names:
+        same = compare_outputs({OUTPUT_NAME: run["outputs"]["pytorch_same_selection"][OUTPUT_NAME]}, candidate, atol, rtol)
+        selection = run["selection"].to_dict()
+        report.update(selection=selection, outputs_same_selection=[c.to_dict() for c in same],
+                      passed=all(c.passed for c in same) and selection["coef_outside_tolerance"] == 0)
+    return report
+
+
+def run_selection_aware(torch_runner, candidate, feeds, coef_names, atol: float, rtol: float) -> dict:
+    """Per feed: PyTorch, the candidate (with its op coefficients as extra outputs), and PyTorch
+    again with the candidate's coefficients injected in every block. The selection statistics
+    compare the candidate's coefficients with those PyTorch computes in that last run, where
+    both sides attend to the same keys upstream, so a flip in one block does not cascade."""
+    import time
+
+    import numpy as np
+
+    from sparsifiner.runtime.selection import SelectionStats, update_selection
+
+    for runner in (torch_runner, candidate):
+        runner.activate()
+    stats = SelectionStats()
+    names = (torch_runner.name, candidate.name, "pytorch_same_selection")
+    logits: dict = {name: [] for name in names}
+    seconds = dict.fromkeys(names[:2], 0.0)
+    for feed in feeds:
+        start = time.perf_counter()
+        own = torch_runner.infer(feed)
+        seconds[torch_runner.name] += time.perf_counter() - start
+        start = time.perf_counter()
+        got = candidate.infer(feed)
+        seconds[candidate.name] += time.perf_counter() - start
+        coefs = {name: got[name] for name in coef_names}
+        torch_runner.capture = True  # the coefficients PyTorch computes while attending to the candidate's keys
+        try:
+            same = torch_runner.infer({**feed, **coefs})
+        finally:
+            torch_runner.capture = False
+        update_selection(stats, torch_runner.model, {k: same[k] for k in coef_names}, coefs, atol, rtol)
+        for name, out in zip(names, (own, got, same)):
+            logits[name].append(np.asarray(out[OUTPUT_NAME]))
+    outputs = {name: {OUTPUT_NAME: np.concatenate(arrays)} for name, arrays in logits.items()}
+    return {"outputs": outputs, "seconds": seconds, "selection": stats}
 
 
 def format_report(report: dict) -> str:
@@ -148,17 +197,31 @@ def format_report(report: dict) -> str:
         f"{report['onnx']}: {report['attention']} {report['dtype']} graph of {report['model']} "
         f"(budget {report['budget']}, {'trained' if report['trained'] else 'random predictor'})",
         f"inputs: {report['inputs']}, batch {report['batch']}, {report['samples']} samples; "
-        f"ONNX Runtime op: {report['ort_op']}" + (f" ({report['extensions_op_calls']} kernel calls)"
+        f"ONNX Runtime op: {report['ort_op']}" + (f" ({report['extensions_op_calls']} extensions op calls)"
                                                  if report["ort_op"] == "extensions" else ""),
         f"tolerance: |ort - torch| <= {report['atol']:g} + {report['rtol']:g} * |torch|",
-        f"{'output':<10} {'max abs':>10} {'max rel':>10} {'p50':>10} {'p90':>10} {'p99':>10} {'top-1':>7} {'bad':>6}  result",
+        f"{'output':<22} {'max abs':>10} {'max rel':>10} {'p50':>10} {'p90':>10} {'p99':>10} {'top-1':>7} {'bad':>6}  result",
     ]
-    for out in report["outputs"]:
+    rows = [("", out) for out in report["outputs"]]
+    rows += [(" (same keys)", out) for out in report.get("outputs_same_selection") or []]
+    for label, out in rows:
         q = out["quantiles"]
         top1 = "-" if out["top1"] is None else f"{100 * out['top1']:.1f}%"
         lines.append(
-            f"{out['name']:<10} {out['max_abs']:>10.3g} {out['max_rel']:>10.3g} {q['p50']:>10.3g} {q['p90']:>10.3g} "
-            f"{q['p99']:>10.3g} {top1:>7} {out['mismatches']:>6}  {'PASS' if out['passed'] else 'FAIL'}"
+            f"{out['name'] + label:<22} {out['max_abs']:>10.3g} {out['max_rel']:>10.3g} {q['p50']:>10.3g} "
+            f"{q['p90']:>10.3g} {q['p99']:>10.3g} {top1:>7} {out['mismatches']:>6}  {'PASS' if out['passed'] else 'FAIL'}"
         )
+    selection = report.get("selection")
+    if selection:
+        lines.append(format_selection(selection))
     lines.append("PASSED" if report["passed"] else "FAILED")
     return "\n".join(lines)
+
+
+def format_selection(selection: dict) -> str:
+    """One line on the selected keys: rows that differ and how far the coefficients are apart."""
+    verdict = ("coefficients agree" if selection["coef_outside_tolerance"] == 0 else
+               f"{selection['coef_outside_tolerance']} coefficients OUTSIDE tolerance (a predictor bug?)")
+    return (f"selected keys: {selection['rows_differing']} of {selection['rows']} query rows differ from PyTorch's "
+            f"({100 * selection['share_differing']:.2g} %; coefficients max abs diff {selection['coef_max_abs']:.2g}, "
+            f"{verdict}); '(same keys)' compares with PyTorch attending to ONNX Runtime's keys")

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.model.zoo import DEMO_NAME
-from sparsifiner.settings import SparsifinerSettings
+from sparsifiner.settings import DEMO_NAME, SparsifinerSettings
 
 PHASES = ("teacher", "phase1", "phase2")
 REGULARISERS = ("l2", "l1")
