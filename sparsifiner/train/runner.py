@@ -30,8 +30,9 @@ from sparsifiner.model.io import save_dense
 from sparsifiner.train.distributed import DistInfo, distributed_context, wrap_ddp
 from sparsifiner.train.evaluate import evaluate_model
 from sparsifiner.train.loop import MetricsLog, PhaseSpec, RunContext, StepOutput, run_phase, state_path
+from sparsifiner.model.source import dense_model
 from sparsifiner.train.losses import FeaturesAndLogits, attention_distillation, l1_basis_penalty, phase2_loss
-from sparsifiner.train.models import (build_dense, dense_from_state, freeze, load_student, load_teacher,
+from sparsifiner.train.models import (build_dense, freeze, load_student, load_teacher,
                                       make_student, param_groups)
 from sparsifiner.train.settings import PHASES, TrainSettings
 
@@ -253,7 +254,7 @@ class _Trainer:
         student = load_student(source, s, mode="sparse")
         self._check_classes(student, "phase-1 model")
         prune_basis(student)  # with this run's tau_basis (a no-op change when it is phase 1's)
-        teacher = dense_from_state(arch_of(student), student.state_dict(), str(source)).to(self.info.device)
+        teacher = dense_model(arch_of(student), student.state_dict(), str(source)).to(self.info.device)
         teacher.eval()
         freeze(teacher, [])
         student = student.to(self.info.device)
