@@ -131,3 +131,27 @@ def torch_translation(q, k, v, coef, basis, budget: int, scale: float, cls_rows:
     attrs = op_spec.typed_attributes({op_spec.ATTR_BUDGET: budget, op_spec.ATTR_SCALE: scale,
                                       op_spec.ATTR_CLS_ROWS: cls_rows})
     return getattr(CUSTOM_OPSET, op_spec.OP_NAME)(q, k, v, coef, basis, **attrs)
+
+
+def single_node_model(shape, rank: int, budget: int, scale: float, cls_rows: int = op_spec.DEFAULT_CLS_ROWS,
+                      dtype=onnx.TensorProto.FLOAT, coef_dtype=onnx.TensorProto.FLOAT, opset: int = 18,
+                      batch_dim: bool = False) -> onnx.ModelProto:
+    """A one-node model: inputs q, k, v [B, H, N, d], coef [B, H, N-c, R], basis [R, N]; the op's
+    local function attached (checks, op-level benchmarks, selection probes). ``batch_dim``
+    makes B dynamic."""
+    register_schema()
+    b, h, n, d = shape
+    lead = ["batch" if batch_dim else b, h]
+    inputs = [onnx.helper.make_tensor_value_info(name, dtype, [*lead, n, d]) for name in ("q", "k", "v")]
+    inputs.append(onnx.helper.make_tensor_value_info("coef", coef_dtype, [*lead, n - cls_rows, rank]))
+    inputs.append(onnx.helper.make_tensor_value_info("basis", dtype, [rank, n]))
+    attrs = op_spec.typed_attributes({op_spec.ATTR_BUDGET: budget, op_spec.ATTR_SCALE: scale,
+                                      op_spec.ATTR_CLS_ROWS: cls_rows})
+    node = onnx.helper.make_node(op_spec.OP_NAME, list(op_spec.INPUT_NAMES), ["out"], domain=op_spec.OP_DOMAIN, **attrs)
+    output = onnx.helper.make_tensor_value_info("out", dtype, [*lead, n, d])
+    graph = onnx.helper.make_graph([node], "op", inputs, [output])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset),
+                                                         onnx.helper.make_opsetid(op_spec.OP_DOMAIN, op_spec.OP_VERSION)],
+                                   functions=[function_proto(opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

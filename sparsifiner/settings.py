@@ -21,7 +21,7 @@ BUDGET_TOKENS = ("patches", "all")
 MODES = ("dense", "sparse")
 # The model name every command accepts for the bundled digits ViT (sparsifiner.model.zoo).
 DEMO_NAME = "demo"
-# What settings written before a knob existed meant (from_dict fills them in).
+# What saved settings written before a knob existed meant (from_dict(saved=True) fills them in).
 LEGACY_DEFAULTS = {"exact_scores": False, "coef_keep_best": False}
 
 
@@ -50,7 +50,7 @@ class SparsifinerSettings:
     exact_scores: put the pruned coefficients and basis on value grids so the
         connectivity scores are exact in any summation order and every runtime selects
         the same keys (``sparsifiner.ops.grid``); False keeps the authors' float scores.
-        Checkpoints saved before this setting existed load with False.
+        Checkpoints and exports saved before this setting existed load with False.
     coef_keep_best: keep each row's largest coefficient even when pruning would drop
         it, so no query row is left without connectivity scores.
     """
@@ -117,14 +117,14 @@ class SparsifinerSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SparsifinerSettings":
+    def from_dict(cls, data: dict, saved: bool = False) -> "SparsifinerSettings":
+        """Settings from a dict; ``saved``: it was written by an artifact (a checkpoint, an
+        export's metadata), so a knob it lacks takes the behaviour of before the knob existed."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
             raise SparsifinerError(f"unknown Sparsifiner settings: {', '.join(sorted(unknown))}")
-        # Settings saved before a knob existed keep the behaviour they were trained with.
-        data = {**LEGACY_DEFAULTS, **data}
-        return cls(**data)
+        return cls(**({**LEGACY_DEFAULTS, **data} if saved else data))
 
 
 def _check_choice(name: str, value: str, choices: tuple) -> None:

@@ -97,7 +97,7 @@ def load_sparsifiner(path: Union[str, Path], map_location: Union[str, torch.devi
     info = read_description(path)
     arch = info["arch"]
     model = create_sparsifiner(
-        arch["model"], SparsifinerSettings.from_dict(info["settings"]), img_size=tuple(arch["img_size"]),
+        arch["model"], SparsifinerSettings.from_dict(info["settings"], saved=True), img_size=tuple(arch["img_size"]),
         num_classes=arch["num_classes"], mode=mode or info.get("mode", "sparse"), **arch.get("timm_kwargs", {}),
     )
     try:

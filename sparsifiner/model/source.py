@@ -82,7 +82,7 @@ class ModelSource:
     def from_dict(cls, data: dict) -> "ModelSource":
         data = dict(data)
         if data.get("settings") is not None:
-            data["settings"] = SparsifinerSettings.from_dict(data["settings"])
+            data["settings"] = SparsifinerSettings.from_dict(data["settings"], saved=True)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -97,3 +97,30 @@ def update_selection(stats: SelectionStats, model, reference: dict, candidate: d
         block["rows_differing"] += int(flips.sum())
         stats.rows += int(flips.numel())
         stats.rows_differing += int(flips.sum())
+
+
+def probe_selection(run_op, coef, basis, budget: int, cls_rows: int = 1, head_dim: int = 64, dtype=None):
+    """The keys an implementation of the op selects, read from its outputs: [B, H, N-c, N] bool.
+
+    ``run_op(q, k, v, coef, basis)`` runs the implementation (with ``budget``, a scale and
+    ``cls_rows`` fixed by the caller) and returns ``out`` [B, H, N, d]. With q = k = 0
+    every kept logit is 0, so row i's output is the mean of its kept v rows; with v
+    one-hot over a window of ``head_dim`` keys, an output entry is 1/budget exactly when
+    that key was kept. ceil(N / head_dim) windows read the whole mask, so the probe works
+    for implementations that support only some head dims (the CUDA kernels, plugins).
+    """
+    import torch
+
+    coef = torch.as_tensor(coef)
+    b, h, rows, _ = coef.shape
+    n = rows + cls_rows
+    dtype = dtype or coef.dtype
+    zeros = torch.zeros(b, h, n, head_dim, dtype=dtype)
+    mask = torch.zeros(b, h, rows, n, dtype=torch.bool)
+    for start in range(0, n, head_dim):
+        width = min(head_dim, n - start)
+        v = torch.zeros(b, h, n, head_dim, dtype=dtype)
+        v[:, :, torch.arange(start, start + width), torch.arange(width)] = 1
+        out = torch.as_tensor(run_op(zeros, zeros, v, coef, basis)).float()
+        mask[..., start:start + width] = out[:, :, cls_rows:, :width] > 0.5 / budget
+    return mask
