@@ -327,21 +327,7 @@ int32_t TopKMaskedAttentionPlugin::enqueue(nvinfer1::PluginTensorDesc const* inp
             return fail(why);
         }
         cudaError_t const status = launchTopKMaskedAttention(p, stream);
-        if (status == cudaSuccess)
-        {
-            return 0;
-        }
-        std::string why = std::string("kernel launch failed: ") + cudaGetErrorName(status);
-        int32_t device{0};
-        int32_t maxSmem{0};
-        char const* reason{nullptr};
-        if (status == cudaErrorInvalidValue && cudaGetDevice(&device) == cudaSuccess
-            && cudaDeviceGetAttribute(&maxSmem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess
-            && resolveTopKMaskedAttentionAlgo(p, maxSmem, &reason) == AttentionAlgo::kAUTO && reason != nullptr)
-        {
-            why += std::string(" (") + reason + ")";
-        }
-        return fail(why);
+        return status == cudaSuccess ? 0 : fail(describeLaunchFailure(p, status));
     }
     catch (std::exception const& e)
     {

@@ -3,8 +3,6 @@
  */
 #include "topkMaskedAttentionPluginChecks.h"
 
-#include "topkMaskedAttentionKernel.h"
-
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -265,6 +263,21 @@ std::string checkInputTensors(
             + ", " + typeName(types[2]);
     }
     return {};
+}
+
+std::string describeLaunchFailure(TopKMaskedAttentionParams const& params, cudaError_t status)
+{
+    std::string why = std::string("kernel launch failed: ") + cudaGetErrorName(status);
+    int32_t device{0};
+    int32_t maxSmem{0};
+    char const* reason{nullptr};
+    if (status == cudaErrorInvalidValue && cudaGetDevice(&device) == cudaSuccess
+        && cudaDeviceGetAttribute(&maxSmem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess
+        && resolveTopKMaskedAttentionAlgo(params, maxSmem, &reason) == AttentionAlgo::kAUTO && reason != nullptr)
+    {
+        why += std::string(" (") + reason + ")";
+    }
+    return why;
 }
 
 } // namespace plugin

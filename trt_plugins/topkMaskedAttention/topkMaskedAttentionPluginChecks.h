@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include "topkMaskedAttentionKernel.h"
 #include "topkMaskedAttentionSpec.h"
 
 #include <NvInferRuntime.h>
@@ -45,6 +46,9 @@ char const* typeName(nvinfer1::DataType type);
 //! A dimension of -1 is not known yet (dynamic) and is not compared.
 std::string checkInputTensors(nvinfer1::Dims const* dims, nvinfer1::DataType const* types, int32_t nbInputs,
     int32_t budget, int32_t clsRows);
+
+//! "kernel launch failed: <CUDA error>" and, for a plan that does not fit the device, why.
+std::string describeLaunchFailure(TopKMaskedAttentionParams const& params, cudaError_t status);
 
 } // namespace plugin
 } // namespace sparsifiner
