@@ -104,7 +104,7 @@ class ProgressDisplay:
         elif kind == "start":
             self.phases[phase] = [0, event.get("steps") or 0]
             if not self.tty and event.get("parent") in (None, "Building engine"):
-                self._line(phase, final=True)
+                self._line(str(phase), final=True)
         elif kind == "step" and phase in self.phases:
             self.phases[phase][0] = event["step"] + 1
         elif kind == "finish":
@@ -167,8 +167,7 @@ def _plugin_library(settings: EngineBuildSettings, model, report) -> Optional[st
     return build_plugin(PluginBuildSettings(), progress=lambda text: report({"kind": "note", "text": text}))["path"]
 
 
-def run_build(settings: EngineBuildSettings, plugin_library: Optional[str], report=None,
-              timeout: Optional[float] = None) -> tuple[bytes, dict]:
+def run_build(settings: EngineBuildSettings, plugin_library: Optional[str], report=None) -> tuple[bytes, dict]:
     """The build in a child process; returns (engine bytes, build info); errors as SparsifinerError."""
     from sparsifiner.runtime.trt_loader import loader_env
 
@@ -179,16 +178,14 @@ def run_build(settings: EngineBuildSettings, plugin_library: Optional[str], repo
         child = subprocess.Popen([sys.executable, "-m", "sparsifiner.runtime.engine_build", str(request)],
                                  env=loader_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         other: list = []
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            assert child.stderr is not None
             for line in child.stderr:
                 if line.startswith(_EVENT):
                     if report is not None:
                         report(json.loads(line[len(_EVENT):]))
                 elif line.strip():
                     other.append(line.strip())
-                if deadline is not None and time.monotonic() > deadline:
-                    raise SparsifinerError(f"the build of {Path(settings.onnx_path).name} took over {timeout:.0f} s")
             child.wait()
         finally:
             if child.poll() is None:
@@ -215,11 +212,12 @@ def build_engine_file(settings: EngineBuildSettings, display: Optional[ProgressD
 
     start = time.perf_counter()
     _, model = _check_request(settings)
-    report = display if display is not None else None
-    plugin = _plugin_library(settings, model, report or (lambda event: None))
-    engine, info = run_build(settings, plugin, report)
-    if display is not None:
-        display.close()
+    try:
+        plugin = _plugin_library(settings, model, display or (lambda event: None))
+        engine, info = run_build(settings, plugin, display)
+    finally:
+        if display is not None:
+            display.close()
     if info.get("plugin"):
         info["plugin"]["sha256"] = file_sha256(info["plugin"]["library"])
     meta = {p.key: p.value for p in model.metadata_props}

@@ -102,8 +102,9 @@ def open_engine(engine_path: Union[str, Path], installed: Optional[tuple] = None
                                "replaced; rebuild it with sparsifiner build-engine")
     built = sidecar.get("backend") or {}
     if magic != built.get("name"):
+        said = str(built.get("name"))
         raise SparsifinerError(f"{path} is a {BACKEND_LABELS.get(magic, magic)} engine but its sidecar says "
-                               f"{BACKEND_LABELS.get(built.get('name'), built.get('name'))}: rebuild it")
+                               f"{BACKEND_LABELS.get(said, said)}: rebuild it")
     if installed is not None:
         check_installed_backend(path, sidecar, installed)
     return EngineFile(path, data, sidecar)

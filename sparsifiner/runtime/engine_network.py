@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from sparsifiner import op_spec
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.runtime.trt_loader import backend_name, gpu_visible, import_backend, is_rtx, load_plugin_library
+from sparsifiner.runtime.trt_loader import backend_name, gpu_visible, import_backend, load_plugin_library, make_logger
 
 # ONNX domains TensorRT's parser imports natively; any other node needs a plugin or a local function.
 NATIVE_DOMAINS = ("", "ai.onnx")
@@ -206,18 +206,7 @@ def build_serialized_engine(settings, plugin_library: Optional[str], events: Cal
                   "namespace": op_spec.PLUGIN_NAMESPACE}
     check_nodes(model, path.name, settings.use_plugin)
 
-    class Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list = []
-            self.messages: list = []
-
-        def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.ERROR:
-                self.errors.append(str(msg))
-            self.messages.append(str(msg))
-
-    logger = Logger()
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)

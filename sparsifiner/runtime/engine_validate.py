@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sparsifiner.errors import SparsifinerError
 
@@ -36,7 +36,7 @@ class EngineValidateSettings:
     engine_path: str
     onnx_path: Optional[str] = None
     plugin_library: Optional[str] = None
-    source: Optional[object] = None
+    source: Optional[Any] = None
     inputs: str = "random"
     batch: Optional[int] = None
     num_batches: int = 2
@@ -113,6 +113,7 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
     if not torch.cuda.is_available():
         raise SparsifinerError("validate-engine runs the engine on a CUDA GPU and none is visible; the engine file, "
                                "its sidecar and plugin library check out")
+    feeds: Any
     if settings.inputs == "random":
         feeds = RandomInputs((batch, *input_size), settings.num_batches, settings.seed)
     elif settings.inputs == "demo":
@@ -121,7 +122,7 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
         feeds = ImageFolderInputs(Path(settings.inputs), preprocess, batch)
     source = settings.source or ModelSource.from_dict(info["source"])
     engine_runner = TrtRunner(settings.engine_path, library)
-    runners = [TorchRunner(TorchModelLoader(source, info["attention"])),
+    runners: list[Any] = [TorchRunner(TorchModelLoader(source, info["attention"])),
                OrtRunner(OrtSessionLoader(onnx_path, settings.ort_op)), engine_runner]
     run = run_all(runners, feeds)
     reference = run["outputs"][TorchRunner.name]

@@ -147,15 +147,17 @@ def loader_env(env: Optional[dict] = None) -> dict:
 
 def make_logger(trt):
     class _Logger(trt.ILogger):
-        """Keeps error messages for the exception; prints nothing below errors."""
+        """Keeps error messages for the exception (and every message, for build logs); prints nothing."""
 
         def __init__(self):
             trt.ILogger.__init__(self)
             self.errors: list = []
+            self.messages: list = []
 
         def log(self, severity, msg):
             if severity <= trt.ILogger.Severity.ERROR:
                 self.errors.append(str(msg))
+            self.messages.append(str(msg))
 
     return _Logger()
 

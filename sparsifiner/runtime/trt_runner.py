@@ -14,7 +14,7 @@ and deserializes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sparsifiner.errors import SparsifinerError
 
@@ -29,15 +29,18 @@ def engine_backend(sidecar: dict):
     return import_backend("rtx" if sidecar["backend"]["name"] == "tensorrt_rtx" else "trt")
 
 
-def installed_backend(sidecar: dict) -> Optional[tuple]:
-    """(name, version) of the installed backend matching the engine's kind, or of any installed one."""
+def installed_backend(sidecar: dict) -> tuple:
+    """(name, version) of the installed backend of the engine's kind, else of the one installed."""
+    from sparsifiner.runtime.engine_file import BACKEND_LABELS
     from sparsifiner.runtime.trt_loader import backend_name, import_tensorrt, tensorrt_available
 
     try:
         trt = engine_backend(sidecar)
     except SparsifinerError:
+        built = sidecar["backend"]
         if not tensorrt_available():
-            raise
+            raise SparsifinerError(f"the engine needs {BACKEND_LABELS.get(built['name'], built['name'])} "
+                                   f"{built['version']}, and no TensorRT is installed") from None
         trt = import_tensorrt()
     return backend_name(trt), trt.__version__
 
@@ -68,7 +71,11 @@ class TrtRunner:
 
     def __init__(self, engine_path, plugin_library: Optional[str] = None, device: int = 0):
         self.engine_path, self.plugin_library, self.device = Path(engine_path), plugin_library, device
-        self.engine = self.context = self.stream = self.trt = None
+        self.engine: Any = None
+        self.context: Any = None
+        self.stream: Any = None
+        self.trt: Any = None
+        self.logger: Any = None
         self.sidecar: dict = {}
 
     def activate(self) -> None:
