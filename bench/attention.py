@@ -227,12 +227,12 @@ def run(args):
     import torch
 
     from sparsifiner.errors import SparsifinerError
-    from sparsifiner.ops.kernel import ALGORITHMS, load_kernel
+    from sparsifiner.ops.cuda_binding import ALGORITHMS, load_cuda_binding
 
     if not torch.cuda.is_available():
         fail("needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); nothing was measured")
     try:
-        ext = load_kernel()
+        ext = load_cuda_binding()
     except SparsifinerError as exc:
         fail(str(exc))
     props = torch.cuda.get_device_properties(0)

@@ -1,9 +1,10 @@
-"""ONNX export of Sparsifiner models and its validation in ONNX Runtime (``sparsifiner.export``).
+"""ONNX export of Sparsifiner models (``sparsifiner.export``).
 
-``export_onnx(ExportSettings(...), path)`` writes one of three graph forms (custom op
-with a local-function fallback, standard-op decomposition, dense teacher);
-``validate_onnx(ValidateSettings(...))`` compares the file in ONNX Runtime with the
-PyTorch model. Names load lazily so importing the package does not import torch.
+``export_onnx(ExportSettings(source=ModelSource(...)), path)`` writes one of three
+graph forms (custom op with a local-function fallback, standard-op decomposition,
+dense teacher). Validation, runners and artifact metadata live in the library layer
+(``sparsifiner.runtime``, ``sparsifiner.artifacts``). Names load lazily so importing
+the package does not import torch.
 """
 from sparsifiner._namespace import require_namespace
 
@@ -13,15 +14,10 @@ from sparsifiner._lazy import lazy_getattr
 
 _LAZY = {
     "ExportSettings": "sparsifiner.export.settings",
-    "ModelSource": "sparsifiner.export.settings",
+    "ModelSource": "sparsifiner.model.source",
     "export_onnx": "sparsifiner.export.exporter",
     "format_export": "sparsifiner.export.exporter",
-    "ValidateSettings": "sparsifiner.export.validate",
-    "validate_onnx": "sparsifiner.export.validate",
-    "format_report": "sparsifiner.export.validate",
-    "source_for_validation": "sparsifiner.export.validate",
-    "read_metadata": "sparsifiner.export.metadata",
-    "compare_outputs": "sparsifiner.export.compare",
+    "export_and_validate": "sparsifiner.export.verify",
 }
 
 __all__ = list(_LAZY)

@@ -29,7 +29,7 @@ from typing import Union
 
 from sparsifiner import op_spec
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
+from sparsifiner.artifacts import INPUT_NAME, OUTPUT_NAME, atomic_write, build_metadata, sidecar_path, write_json
 from sparsifiner.export.settings import ExportSettings
 
 # Node metadata kept in the file; the rest (stack traces with local paths, FX dumps)
@@ -45,18 +45,20 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     import onnx
     import torch
 
-    from sparsifiner.export import models, onnx_op
+    from sparsifiner.data.folder import data_config_dict
+    from sparsifiner.export import onnx_op
     from sparsifiner.model import budget_of, settings_of
-    from sparsifiner.model.io import atomic_write
+    from sparsifiner.model.source import load_model
     from sparsifiner.model.sparsify import arch_of
 
     path = Path(path)
     _check_destination(path)
     start = time.perf_counter()
-    model, sparse, trained = models.load_model(settings.source, settings.attention)
+    model, sparse, trained = load_model(settings.source, settings.attention)
     if settings.dtype == "fp16":
         model = model.half()
-    channels, height, width = models.data_config(model)["input_size"]
+    preprocess = data_config_dict(model)
+    channels, height, width = preprocess["input_size"]
     example_batch = 2 if settings.dynamic_batch else settings.batch
     dtype = torch.float16 if settings.dtype == "fp16" else torch.float32
     example = torch.randn(example_batch, channels, height, width).to(dtype)
@@ -89,6 +91,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         _name_batch_dim(proto.graph, settings.batch)
     _clean_node_metadata(proto.graph)
     custom_nodes = _name_attention_nodes(proto.graph)
+    op_inputs = op_input_names(custom_nodes) if settings.attention != "dense" else None
     if settings.attention in ("custom", "decomposed"):
         if not custom_nodes:
             raise AssertionError("no TopKMaskedAttention node was exported")
@@ -104,7 +107,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     meta = build_metadata(
         attention=settings.attention, dtype=settings.dtype, opset=settings.opset, batch=settings.batch,
         budget=budget_of(sparse), settings=sparse_settings.to_dict(), arch=arch_of(sparse),
-        source=source, trained=trained, data_config=models.data_config(model),
+        source=source, trained=trained, data_config=preprocess, op_inputs=op_inputs,
     )
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -139,8 +142,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     # which is the description of a checkpoint model.safetensors in the same folder).
     sidecar = {"export_settings": settings.to_dict(), "summary": summary}
     try:
-        atomic_write(path.with_name(path.name + ".json"),
-                     lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str) + "\n"))
+        write_json(sidecar_path(path), sidecar)
     except OSError as exc:
         raise SparsifinerError(f"wrote {path} but not its settings file: {exc.strerror or exc}") from exc
     return summary
@@ -231,6 +233,11 @@ def _name_attention_nodes(graph) -> list:
             inits[basis].name = new
             node.input[op_spec.INPUT_NAMES.index("basis")] = new
             taken.add(new)
+        coef = node.input[op_spec.INPUT_NAMES.index("coef")]
+        new = f"{scope}.predictor.coef"
+        if coef not in inits and new not in taken:
+            _rename_value(graph, coef, new)
+            taken.add(new)
     for node in graph.node:
         for i, prop in enumerate(node.metadata_props):
             if prop.key == _NAME_SCOPES:
@@ -249,6 +256,24 @@ def _tag_plugin_nodes(nodes) -> None:
         node.attribute.extend(kept)
         node.attribute.extend(onnx.helper.make_attribute(name, value)
                               for name, value in op_spec.PLUGIN_NODE_ATTRIBUTES.items())
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    """Rename a tensor everywhere it appears in the graph (producer, consumers, value_info, outputs)."""
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+    for value in list(graph.value_info) + list(graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def op_input_names(nodes) -> dict:
+    """{"coef": [...], "basis": [...]}: the tensors each TopKMaskedAttention node reads, in block
+    order; validation reads the coefficients out of a runtime through these names."""
+    return {name: [n.input[op_spec.INPUT_NAMES.index(name)] for n in nodes] for name in ("coef", "basis")}
 
 
 def _block_scope(node):

@@ -13,6 +13,7 @@ _LAZY = {
     "sparsify": "sparsifiner.model.sparsify",
     "create_sparsifiner": "sparsifiner.model.sparsify",
     "set_mode": "sparsifiner.model.sparsify",
+    "set_budget": "sparsifiner.model.sparsify",
     "prune_basis": "sparsifiner.model.sparsify",
     "collect_aux": "sparsifiner.model.sparsify",
     "resize_sparsifiner": "sparsifiner.model.resize",

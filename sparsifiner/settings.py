@@ -19,6 +19,10 @@ BASIS_PRUNE_MODES = ("abs", "signed")
 SCORE_SCALES = ("reduced", "heads")
 BUDGET_TOKENS = ("patches", "all")
 MODES = ("dense", "sparse")
+# The model name every command accepts for the bundled digits ViT (sparsifiner.model.zoo).
+DEMO_NAME = "demo"
+# What settings written before a knob existed meant (from_dict fills them in).
+LEGACY_DEFAULTS = {"exact_scores": False, "coef_keep_best": False}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,12 @@ class SparsifinerSettings:
     shared_projection: use P_down^T as the basis instead of a separate W_up.
     score_scale: scale of the predictor's low-rank logits: "reduced" is d_r ** -0.5
         (principled), "heads" is num_heads ** -0.5 (the authors' code).
+    exact_scores: put the pruned coefficients and basis on value grids so the
+        connectivity scores are exact in any summation order and every runtime selects
+        the same keys (``sparsifiner.ops.grid``); False keeps the authors' float scores.
+        Checkpoints saved before this setting existed load with False.
+    coef_keep_best: keep each row's largest coefficient even when pruning would drop
+        it, so no query row is left without connectivity scores.
     """
 
     keep_rate: float = 0.25
@@ -57,6 +67,8 @@ class SparsifinerSettings:
     coef_topk: int = 8
     shared_projection: bool = False
     score_scale: str = "reduced"
+    exact_scores: bool = True
+    coef_keep_best: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.keep_rate, (int, float)) and 0 < self.keep_rate <= 1):
@@ -110,6 +122,8 @@ class SparsifinerSettings:
         unknown = set(data) - names
         if unknown:
             raise SparsifinerError(f"unknown Sparsifiner settings: {', '.join(sorted(unknown))}")
+        # Settings saved before a knob existed keep the behaviour they were trained with.
+        data = {**LEGACY_DEFAULTS, **data}
         return cls(**data)
 
 

@@ -28,7 +28,7 @@ def plugin_library():
     from pathlib import Path
 
     from sparsifiner.errors import SparsifinerError
-    from sparsifiner.ops.kernel import cuda_toolkit_home
+    from sparsifiner.ops.cuda_binding import cuda_toolkit_home
     from sparsifiner.runtime.plugin_build import PluginBuildSettings, build_plugin, find_tensorrt_headers
 
     if cuda_toolkit_home() is None:

@@ -67,16 +67,20 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         path, target = self.samples[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except Exception as exc:  # PIL raises several types for truncated or foreign files
-            raise SparsifinerError(f"corrupt or unreadable image {path} ({type(exc).__name__}): "
-                                   "remove or replace it") from None
-        return self.transform(image), target
+        return self.transform(open_rgb(path)), target
+
+
+def open_rgb(path):
+    """An image file as an RGB PIL image; unreadable files are a one-line error."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises several types for truncated or foreign files
+        raise SparsifinerError(f"corrupt or unreadable image {path} ({type(exc).__name__}): "
+                               "remove or replace it") from None
 
 
 def model_data_config(model) -> dict:
@@ -84,7 +88,12 @@ def model_data_config(model) -> dict:
     from timm.data import resolve_data_config
 
     h, w = model.patch_embed.img_size
-    return resolve_data_config({"input_size": (3, h, w)}, model=model)
+    return resolve_data_config({"input_size": (model.patch_embed.proj.in_channels, int(h), int(w))}, model=model)
+
+
+def data_config_dict(model) -> dict:
+    """``model_data_config`` with lists instead of tuples: JSON for artifacts' metadata."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model_data_config(model).items()}
 
 
 def image_folder_datasets(root: str, model) -> tuple[ImageFolderDataset, ImageFolderDataset]:

@@ -6,7 +6,8 @@ One per attention block, shared by its heads (METHOD.md section 2):
     A_down = softmax(scale * q_r k_low)  (non-CLS rows) basis coefficients [.., N-c, R]
     S = A_down W_up                                   connectivity scores [.., N-c, N]
 In sparse mode the factors are pruned: W_up by |w| <= tau_basis (once, between the
-training phases: ``prune_basis_``) and A_down by threshold or top-k per forward.
+training phases: ``prune_basis_``) and A_down by threshold or top-k per forward; with
+``exact_scores`` both then go onto the value grids of ``sparsifiner.ops.grid``.
 Initialisation follows the authors' code: trunc_normal(std=0.02) for every weight,
 zero biases.
 """
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
+from sparsifiner.ops.grid import quantize_basis, round_coefficients
 from sparsifiner.settings import SparsifinerSettings
 
 
@@ -27,14 +29,26 @@ def prune_basis_tensor(w_up: torch.Tensor, threshold: float, mode: str) -> torch
 
 
 def prune_coefficients(coef: torch.Tensor, settings: SparsifinerSettings) -> torch.Tensor:
-    """Coefficient pruning of the sparse mode: threshold, top-k per row, or none."""
+    """Coefficient pruning of the sparse mode (threshold, top-k per row, or none), then the
+    row's best coefficient kept (``coef_keep_best``) and the value grid (``exact_scores``)."""
     if settings.coef_prune == "threshold":
-        return torch.where(coef > settings.coef_threshold, coef, torch.zeros_like(coef))
-    if settings.coef_prune == "topk":
+        pruned = torch.where(coef > settings.coef_threshold, coef, torch.zeros_like(coef))
+    elif settings.coef_prune == "topk":
         k = min(settings.coef_topk, coef.shape[-1])
         values, idx = torch.topk(coef, k, dim=-1)
-        return torch.zeros_like(coef).scatter(-1, idx, values)
-    return coef
+        pruned = torch.zeros_like(coef).scatter(-1, idx, values)
+    else:
+        pruned = coef
+    if settings.coef_keep_best:
+        best = coef.argmax(dim=-1, keepdim=True)
+        pruned = pruned.scatter(-1, best, coef.gather(-1, best))
+    return round_coefficients(pruned) if settings.exact_scores else pruned
+
+
+def prune_basis_for(w_up: torch.Tensor, settings: SparsifinerSettings) -> torch.Tensor:
+    """The settings' basis pruning, then the value grid (``exact_scores``)."""
+    pruned = prune_basis_tensor(w_up, settings.basis_threshold, settings.basis_prune)
+    return quantize_basis(pruned) if settings.exact_scores else pruned
 
 
 class ConnectivityPredictor(nn.Module):
@@ -60,6 +74,10 @@ class ConnectivityPredictor(nn.Module):
         # A Python mirror of basis_is_pruned: torch.export and torch.compile cannot branch on a
         # buffer's value (bool() of a traced tensor is data-dependent), so forward reads this.
         self._pruned = False
+        # Coefficients to use instead of the computed ones (validation injects a runtime's own);
+        # the computed ones are then kept in computed_coef for comparison.
+        self.coef_override: torch.Tensor | None = None
+        self.computed_coef: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_pruned_flag())
         self.reset_parameters()
 
@@ -86,12 +104,12 @@ class ConnectivityPredictor(nn.Module):
         """The pruned basis: the stored one after prune_basis_(), else pruned on the fly."""
         if self._pruned:
             return self.pruned_basis
-        return prune_basis_tensor(self.basis, self.settings.basis_threshold, self.settings.basis_prune)
+        return prune_basis_for(self.basis, self.settings)
 
     @torch.no_grad()
     def prune_basis_(self) -> float:
         """Apply tau_basis to W_up once (between the phases); returns the basis sparsity."""
-        pruned = prune_basis_tensor(self.basis, self.settings.basis_threshold, self.settings.basis_prune)
+        pruned = prune_basis_for(self.basis, self.settings)
         self.pruned_basis.copy_(pruned)
         self.basis_is_pruned.fill_(True)
         self._pruned = True
@@ -110,5 +128,9 @@ class ConnectivityPredictor(nn.Module):
         """(coef, basis): pruned factors when ``sparse``, else the unpruned ones (phase 1)."""
         coef = self.coefficients(q, k)
         if sparse:
-            return prune_coefficients(coef, self.settings), self.sparse_basis()
+            coef = prune_coefficients(coef, self.settings)
+            if self.coef_override is not None:
+                self.computed_coef = coef
+                coef = self.coef_override.to(device=coef.device, dtype=coef.dtype)
+            return coef, self.sparse_basis()
         return coef, self.basis

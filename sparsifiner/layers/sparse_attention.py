@@ -28,6 +28,10 @@ from sparsifiner.ops import (
 from sparsifiner.settings import MODES, SparsifinerSettings
 
 
+# Settings that shape the predictor's parameters; the others may change on a built model.
+STRUCTURAL_SETTINGS = ("n_down", "reduce_c_factor", "shared_projection", "score_scale")
+
+
 class SparsifinerAttention(nn.Module):
     """Multi-head self-attention with learned, instance-dependent budgeted sparsity."""
 
@@ -69,6 +73,22 @@ class SparsifinerAttention(nn.Module):
         self.num_tokens = num_tokens
         self.predictor.num_tokens = num_tokens
         self.budget = self.settings.resolve_budget(num_tokens, self.num_prefix_tokens)
+
+    def set_settings(self, settings: SparsifinerSettings) -> None:
+        """Swap in settings that differ only in non-structural knobs (budget, keep rate,
+        thresholds); the budget is recomputed. Structural ones (rank, reduction) cannot change."""
+        for name in STRUCTURAL_SETTINGS:
+            if getattr(settings, name) != getattr(self.settings, name):
+                raise SparsifinerError(f"{name} is fixed when the predictor is built ({getattr(self.settings, name)}): "
+                                       "build a new model to change it")
+        budget = settings.resolve_budget(self.num_tokens, self.num_prefix_tokens)
+        repruned = self.predictor._pruned and any(
+            getattr(settings, name) != getattr(self.settings, name)
+            for name in ("basis_threshold", "basis_prune", "exact_scores"))
+        self.settings = self.predictor.settings = settings
+        self.budget = budget
+        if repruned:  # the stored pruned basis derives from these settings
+            self.predictor.prune_basis_()
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, head_dim={self.head_dim}, tokens={self.num_tokens}, budget={self.budget}, mode={self.mode}"

@@ -1,5 +1,7 @@
-"""Model level: sparsify a timm ViT, resize it, save and load it, count its FLOPs."""
+"""Model level: sparsify a timm ViT, set its budget, resize it, save and load it, count its FLOPs."""
+from sparsifiner.model.source import ModelSource
 from sparsifiner.model.sparsify import (
+    apply_settings,
     budget_of,
     collect_aux,
     count_parameters,
@@ -8,6 +10,7 @@ from sparsifiner.model.sparsify import (
     num_tokens_of,
     predictor_parameters,
     prune_basis,
+    set_budget,
     set_mode,
     settings_of,
     sparse_layers,
@@ -15,6 +18,8 @@ from sparsifiner.model.sparsify import (
 )
 
 __all__ = [
+    "ModelSource",
+    "apply_settings",
     "budget_of",
     "collect_aux",
     "count_parameters",
@@ -23,6 +28,7 @@ __all__ = [
     "num_tokens_of",
     "predictor_parameters",
     "prune_basis",
+    "set_budget",
     "set_mode",
     "settings_of",
     "sparse_layers",

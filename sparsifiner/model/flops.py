@@ -17,10 +17,13 @@ Softmax, top-k selection, norms and biases are not counted.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.settings import SparsifinerSettings
+
+if TYPE_CHECKING:
+    from sparsifiner.model.source import ModelSource
 
 PAPER_COEF_DENSITY = 0.13  # supplementary: about 87 % of A_down is zero after tau_coef = 0.05
 PAPER_BASIS_DENSITY = 1 - 0.908  # Table 1, L2: 90.8 % basis sparsity at tau_basis = 0.01
@@ -49,29 +52,26 @@ def block_macs(n: int, c: int, embed: int, heads: int, head_dim: int, hidden: in
     return {"dense": dense, "sparsifiner": sparse}
 
 
-def count_flops(model_name: str, settings: Optional[SparsifinerSettings] = None, *, img_size: Optional[int] = None,
-                checkpoint: Optional[str] = None, coef_density: Optional[float] = None,
+def count_flops(source: Union[ModelSource, str], settings: Optional[SparsifinerSettings] = None, *,
+                img_size: Optional[int] = None, coef_density: Optional[float] = None,
                 basis_density: Optional[float] = None) -> dict:
-    """Per-block and total MACs for the dense model and its Sparsifiner (see module doc)."""
-    from sparsifiner.model.sparsify import budget_of, create_sparsifiner
+    """Per-block and total MACs for the dense model and its Sparsifiner (see module doc).
 
+    source: a ModelSource, or a timm model name (with ``settings`` and ``img_size``). A
+    checkpoint at another image size is resized; its pruned basis gives the basis density.
+    """
+    from sparsifiner.model.source import as_source, load_sparsifiner_model
+    from sparsifiner.model.sparsify import budget_of, sparse_layers
+
+    source = as_source(source, settings, img_size)
+    model, _ = load_sparsifiner_model(source, resize=True, prune_random=False)
+    settings = model.sparsifiner_settings
+    model_name = model.sparsifiner_arch["model"]
     basis_source = "given" if basis_density is not None else "paper (Table 1, L2)"
-    if checkpoint is not None:
-        from sparsifiner.model.io import load_sparsifiner
-        from sparsifiner.model.resize import resize_sparsifiner
-
-        model = load_sparsifiner(checkpoint)
-        if img_size is not None:
-            resize_sparsifiner(model, img_size)
-        settings = model.sparsifiner_settings
-        model_name = model.sparsifiner_arch["model"]
-        preds = [blk.attn.predictor for blk in model.blocks]
-        if basis_density is None and all(bool(p.basis_is_pruned) for p in preds):
-            basis_density = sum(float((p.pruned_basis != 0).float().mean()) for p in preds) / len(preds)
-            basis_source = "measured from checkpoint"
-    else:
-        model = create_sparsifiner(model_name, settings, img_size=img_size)
-    settings = settings or SparsifinerSettings()
+    preds = [layer.predictor for layer in sparse_layers(model)]
+    if source.checkpoint is not None and basis_density is None and all(bool(p.basis_is_pruned) for p in preds):
+        basis_density = sum(float((p.pruned_basis != 0).float().mean()) for p in preds) / len(preds)
+        basis_source = "measured from checkpoint"
     for name, value in (("coef_density", coef_density), ("basis_density", basis_density)):
         if value is not None and not 0 <= value <= 1:
             raise SparsifinerError(f"{name} must be in [0, 1], got {value}")

@@ -8,8 +8,6 @@ Writes are atomic: a temporary file in the same folder, then ``os.replace``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -17,11 +15,13 @@ import torch
 from torch import nn
 
 from sparsifiner import __version__
+from sparsifiner.artifacts import atomic_write, write_json
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.model.sparsify import arch_of, create_sparsifiner, settings_of, sparse_layers
 from sparsifiner.settings import SparsifinerSettings
 
 FORMAT = "sparsifiner-model"
+DENSE_FORMAT = "sparsifiner-dense"
 METADATA_KEY = "sparsifiner"
 
 
@@ -35,26 +35,6 @@ def describe(model: nn.Module, extra: Optional[dict] = None) -> dict:
         "mode": sparse_layers(model)[0].mode,
         **(extra or {}),
     }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then move tmp_path onto path; no partial file is left."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise SparsifinerError(f"output folder {path.parent} does not exist: create it first")
-    if not os.access(path.parent, os.W_OK):
-        raise SparsifinerError(f"cannot write to {path.parent}: choose a writable output folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_sparsifiner(model: nn.Module, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
@@ -86,16 +66,24 @@ def read_header(path: Union[str, Path]) -> dict:
                                "format): pass a safetensors checkpoint") from exc
 
 
-def read_description(path: Union[str, Path]) -> dict:
-    """The JSON description stored in a checkpoint's header (no weights are read)."""
+def read_info(path: Union[str, Path]) -> Optional[dict]:
+    """The JSON description in a weights file's header (dense or Sparsifiner), None for a
+    plain state dict; no weights are read."""
     meta = read_header(path)
     if METADATA_KEY not in meta:
-        raise SparsifinerError(f"{path} is not a Sparsifiner checkpoint (no '{METADATA_KEY}' metadata): "
-                               "save it with sparsifiner.save_sparsifiner")
+        return None
     try:
-        info = json.loads(meta[METADATA_KEY])
+        return json.loads(meta[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise SparsifinerError(f"{path} has corrupt Sparsifiner metadata: re-create it") from exc
+
+
+def read_description(path: Union[str, Path]) -> dict:
+    """The JSON description stored in a Sparsifiner checkpoint's header (no weights are read)."""
+    info = read_info(path)
+    if info is None:
+        raise SparsifinerError(f"{path} is not a Sparsifiner checkpoint (no '{METADATA_KEY}' metadata): "
+                               "save it with sparsifiner.save_sparsifiner")
     if info.get("format") != FORMAT:
         raise SparsifinerError(f"{path} has format {info.get('format')!r}, expected {FORMAT!r}")
     return info
@@ -133,3 +121,29 @@ def load_state(model: nn.Module, state: dict, source: str) -> None:
                 parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
         raise SparsifinerError(f"{source} does not match the model architecture: {', '.join(parts)}")
     model.load_state_dict(state, strict=True)
+
+
+def save_dense(model: nn.Module, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
+    """Write a dense timm model (the teacher) as safetensors + JSON description."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    info = {"format": DENSE_FORMAT, "arch": arch_of(model), **(extra or {})}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: json.dumps(info)}))
+    write_json(path.with_suffix(".json"), info)
+    return path
+
+
+def read_weights(path: Union[str, Path]) -> tuple[Optional[dict], dict]:
+    """(description or None for a plain state dict, tensors) of a .safetensors weights file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_info(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception:
+        raise SparsifinerError(f"{path} is not a readable .safetensors file (corrupt, truncated or another "
+                               "format): pass a safetensors checkpoint") from None
+    return info, tensors

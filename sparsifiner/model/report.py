@@ -1,26 +1,26 @@
 """``sparsifiner info``: what a Sparsifiner model is made of, as a dict and a table."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from sparsifiner.settings import SparsifinerSettings
 
+if TYPE_CHECKING:
+    from sparsifiner.model.source import ModelSource
 
-def model_info(model_name: str, settings: Optional[SparsifinerSettings] = None, *, img_size: Optional[int] = None,
-               checkpoint: Optional[str] = None) -> dict:
-    """Blocks, heads, tokens, budget, predictor shapes and parameter counts."""
-    from sparsifiner.model.sparsify import count_parameters, create_sparsifiner, sparse_layers
 
-    if checkpoint is not None:
-        from sparsifiner.model.io import load_sparsifiner
-        from sparsifiner.model.resize import resize_sparsifiner
+def model_info(source: Union[ModelSource, str], settings: Optional[SparsifinerSettings] = None, *,
+               img_size: Optional[int] = None) -> dict:
+    """Blocks, heads, tokens, budget, predictor shapes and parameter counts.
 
-        model = load_sparsifiner(checkpoint)
-        if img_size is not None:
-            resize_sparsifiner(model, img_size)
-        model_name = model.sparsifiner_arch["model"]
-    else:
-        model = create_sparsifiner(model_name, settings, img_size=img_size)
+    source: a ModelSource, or a timm model name (with ``settings`` and ``img_size``); a
+    checkpoint at another image size is resized.
+    """
+    from sparsifiner.model.source import as_source, load_sparsifiner_model
+    from sparsifiner.model.sparsify import count_parameters, sparse_layers
+
+    model, _ = load_sparsifiner_model(as_source(source, settings, img_size), resize=True, prune_random=False)
+    model_name = model.sparsifiner_arch["model"]
     layers = sparse_layers(model)
     first = layers[0]
     return {

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.layers.predictor import prune_basis_tensor
+from sparsifiner.layers.predictor import prune_basis_for
 from sparsifiner.model.sparsify import num_tokens_of, settings_of, sparse_layers
 
 
@@ -55,7 +55,7 @@ def resize_sparsifiner(model: nn.Module, img_size: Union[int, Sequence[int]]) ->
         was_pruned = bool(pred.basis_is_pruned)
         pred.pruned_basis = torch.zeros_like(pred.basis.data)
         if was_pruned:
-            pred.pruned_basis.copy_(prune_basis_tensor(pred.basis.data, settings.basis_threshold, settings.basis_prune))
+            pred.pruned_basis.copy_(prune_basis_for(pred.basis.data, settings))
         layer.set_num_tokens(new_tokens)
     arch = getattr(model, "sparsifiner_arch", None)
     if arch is not None:

@@ -169,6 +169,51 @@ def collect_aux(model: nn.Module) -> Iterator[list]:
             hook.remove()
 
 
+# Validation names each block's op coefficients like the exported graph does.
+COEF_SUFFIX = ".predictor.coef"
+
+
+def coefficient_names(model: nn.Module) -> list[str]:
+    """``<block>.attn.predictor.coef`` for each Sparsifiner layer, in block order."""
+    return [f"{name}{COEF_SUFFIX}" for name, m in model.named_modules() if isinstance(m, SparsifinerAttention)]
+
+
+@contextlib.contextmanager
+def capture_coefficients(model: nn.Module) -> Iterator[dict]:
+    """Within the block, each sparse-mode forward fills the yielded dict with the pruned
+    coefficients every block computed, keyed by ``coefficient_names`` (under
+    ``inject_coefficients``: the ones it computed, not the injected ones it used)."""
+    found: dict = {}
+    hooks = []
+    for name, layer in zip(coefficient_names(model), sparse_layers(model)):
+        def hook(module, inputs, output, name=name):
+            computed = module.computed_coef if module.coef_override is not None else output[0]
+            found[name] = computed.detach()
+        hooks.append(layer.predictor.register_forward_hook(hook))
+    try:
+        yield found
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextlib.contextmanager
+def inject_coefficients(model: nn.Module, coefs: dict) -> Iterator[None]:
+    """Within the block, sparse-mode blocks use the given coefficients ({name: [B, H, N-c, R]})
+    instead of computing them: the reference then selects the keys those coefficients select."""
+    layers = dict(zip(coefficient_names(model), sparse_layers(model)))
+    unknown = sorted(set(coefs) - set(layers))
+    if unknown:
+        raise SparsifinerError(f"no Sparsifiner block for coefficients {unknown[:3]}")
+    try:
+        for name, coef in coefs.items():
+            layers[name].predictor.coef_override = coef
+        yield
+    finally:
+        for layer in layers.values():
+            layer.predictor.coef_override = layer.predictor.computed_coef = None
+
+
 def settings_of(model: nn.Module) -> SparsifinerSettings:
     settings = getattr(model, "sparsifiner_settings", None)
     if settings is None:
@@ -178,6 +223,28 @@ def settings_of(model: nn.Module) -> SparsifinerSettings:
 
 def budget_of(model: nn.Module) -> int:
     return sparse_layers(model)[0].budget
+
+
+def set_budget(model: nn.Module, budget: Optional[int] = None, keep_rate: Optional[float] = None) -> int:
+    """Give every block a new budget, explicit or from a keep rate (``budget`` wins when both
+    are given), keeping the model's settings and its layers consistent; returns the budget."""
+    if budget is None and keep_rate is None:
+        raise SparsifinerError("set_budget needs a budget or a keep rate")
+    current = settings_of(model)
+    return apply_settings(model, current.replace(budget=budget, keep_rate=current.keep_rate if keep_rate is None
+                                                 else keep_rate))
+
+
+def apply_settings(model: nn.Module, settings: SparsifinerSettings) -> int:
+    """Apply non-structural settings (budget, keep rate, thresholds) to a built model, all
+    blocks or none; returns the budget."""
+    layers = sparse_layers(model)
+    for layer in layers:  # validate everything before changing anything
+        settings.resolve_budget(layer.num_tokens, layer.num_prefix_tokens)
+    for layer in layers:
+        layer.set_settings(settings)
+    model.sparsifiner_settings = settings
+    return budget_of(model)
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Bottom layer: the TopKMaskedAttention reference, its torch.library op, and sparse scores."""
 from sparsifiner.ops.custom_op import topk_masked_attention
+from sparsifiner.ops.grid import on_grid, quantize_basis, round_coefficients
 from sparsifiner.ops.reference import (
     connectivity_scores,
     full_mask,
@@ -16,6 +17,9 @@ __all__ = [
     "full_mask",
     "masked_attention",
     "masked_softmax",
+    "on_grid",
+    "quantize_basis",
+    "round_coefficients",
     "sparse_connectivity_scores",
     "topk_indices",
     "topk_mask",

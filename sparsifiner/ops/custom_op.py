@@ -1,7 +1,7 @@
 """``sparsifiner::topk_masked_attention``: the op as torch.library sees it.
 
 The registered default implementation is the eager reference, on every device; the
-CUDA kernel (``sparsifiner.ops.kernel``) registers a faster CUDA implementation when
+CUDA kernel (``sparsifiner.ops.cuda_binding``) registers a faster CUDA implementation when
 it is loaded. A fake (meta) implementation lets torch.export and torch.compile trace
 the op without running it; the ONNX exporter maps it to the TopKMaskedAttention node.
 

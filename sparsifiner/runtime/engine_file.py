@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from sparsifiner import __version__
+from sparsifiner.artifacts import atomic_write, sidecar_path, write_json
 from sparsifiner.errors import SparsifinerError
 
 SIDECAR_FORMAT = "sparsifiner-engine/1"
@@ -26,14 +27,8 @@ ENGINE_MAGIC = {b"vtrt": "tensorrt_rtx", b"ftrt": "tensorrt"}
 BACKEND_LABELS = {"tensorrt_rtx": "TensorRT-RTX", "tensorrt": "TensorRT"}
 
 
-def sidecar_path(engine_path: Union[str, Path]) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
 def write_engine(engine_path: Union[str, Path], engine: bytes, sidecar: dict) -> None:
     """Write the engine and its sidecar atomically; neither is left behind when one fails."""
-    from sparsifiner.model.io import atomic_write
     from sparsifiner.runtime.plugin_build import file_sha256
 
     engine_path = Path(engine_path)
@@ -45,7 +40,7 @@ def write_engine(engine_path: Union[str, Path], engine: bytes, sidecar: dict) ->
                 engine={"path": str(engine_path.resolve()), "bytes": len(engine), "sha256": file_sha256(engine_path)},
                 written_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     try:
-        atomic_write(sidecar_path(engine_path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+        write_json(sidecar_path(engine_path), data)
     except OSError as exc:
         engine_path.unlink(missing_ok=True)
         raise SparsifinerError(f"cannot write {sidecar_path(engine_path)}: {exc.strerror or exc}; "

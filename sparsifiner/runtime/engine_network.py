@@ -264,7 +264,7 @@ def build_serialized_engine(settings, plugin_library: Optional[str], events: Cal
         "build_seconds": round(time.perf_counter() - start, 2),
     }
     if cache is not None:
-        from sparsifiner.model.io import atomic_write
+        from sparsifiner.artifacts import atomic_write
 
         data = bytes(config.get_timing_cache().serialize())
         atomic_write(Path(settings.timing_cache), lambda tmp: Path(tmp).write_bytes(data))

@@ -1,16 +1,17 @@
 """Validate a built engine: TensorRT, ONNX Runtime and PyTorch on the same inputs.
 
 ``validate_engine(EngineValidateSettings(...))`` is ``validate --onnx`` with one more
-runner: the engine (``TrtRunner``) joins PyTorch (fp32, the reference) and ONNX Runtime
-(the engine's ONNX file, named in its sidecar), and each is compared with PyTorch by the
-same comparator, tolerances and inputs (error quantiles, top-1 agreement, mismatches;
-passed only when both pass). Everything that can be checked without a GPU is checked
-first (the engine file, its sidecar, backend version, plugin library, batch range), then
-a missing GPU is a one-line error.
+runner. PyTorch (fp32, the reference) and ONNX Runtime (the engine's ONNX file, named in
+its sidecar) run exactly as ``sparsifiner.runtime.validate`` runs them, selection-aware
+when the graph records its op inputs (the keys ONNX Runtime selected are compared with
+PyTorch's); then the engine (``TrtRunner``) runs on the same feeds and its logits are
+compared with PyTorch's by the same comparator and tolerances. Passed only when both are.
+The engine's own key selection is not read out (its coefficient tensors are not engine
+outputs): for it the report has the logits' agreement only.
 
-The runners, input loaders and comparator are today those of ``sparsifiner.export``
-(validate.py, compare.py, metadata.py), imported inside the function; they move under
-``sparsifiner.runtime`` / ``sparsifiner.data`` and the imports follow them.
+Everything that can be checked without a GPU is checked first (the engine file, its
+sidecar, backend version, plugin library, batch range, the ONNX file); then a missing
+GPU is a one-line error.
 """
 from __future__ import annotations
 
@@ -84,12 +85,13 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
     """Run PyTorch, ONNX Runtime and the engine; compare both with PyTorch; the report has ``passed``."""
     import torch
 
-    from sparsifiner.export.compare import DEFAULT_TOLERANCES, compare_outputs
-    from sparsifiner.export.metadata import read_metadata
-    from sparsifiner.export.settings import ModelSource
-    from sparsifiner.export.validate import (DemoInputs, ImageFolderInputs, OrtRunner, OrtSessionLoader, RandomInputs,
-                                             TorchModelLoader, TorchRunner, run_all)
+    from sparsifiner.artifacts import OUTPUT_NAME, read_metadata
+    from sparsifiner.data.feeds import build_feeds
+    from sparsifiner.model.source import ModelSource
+    from sparsifiner.runtime.compare import DEFAULT_TOLERANCES, compare_outputs
+    from sparsifiner.runtime.runners import OrtRunner, OrtSessionLoader, TorchModelLoader, TorchRunner, run_all
     from sparsifiner.runtime.trt_runner import TrtRunner, check_engine
+    from sparsifiner.runtime.validate import run_selection_aware
 
     engine, library = check_engine(settings.engine_path, settings.plugin_library)
     sidecar = engine.sidecar
@@ -107,27 +109,35 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
     atol = default_atol if settings.atol is None else settings.atol
     rtol = default_rtol if settings.rtol is None else settings.rtol
     batch = _batch(settings, sidecar, info.get("batch") if isinstance(info.get("batch"), int) else None)
-    input_size = tuple(preprocess.get("input_size") or ())
-    if len(input_size) != 3:
+    if len(tuple(preprocess.get("input_size") or ())) != 3:
         raise SparsifinerError(f"{onnx_path} lacks preprocess.input_size metadata: export it again")
     if not torch.cuda.is_available():
         raise SparsifinerError("validate-engine runs the engine on a CUDA GPU and none is visible; the engine file, "
                                "its sidecar and plugin library check out")
-    feeds: Any
-    if settings.inputs == "random":
-        feeds = RandomInputs((batch, *input_size), settings.num_batches, settings.seed)
-    elif settings.inputs == "demo":
-        feeds = DemoInputs(preprocess, batch, settings.num_batches)
-    else:
-        feeds = ImageFolderInputs(Path(settings.inputs), preprocess, batch)
+    feeds = build_feeds(settings.inputs, preprocess, batch, settings.num_batches, settings.seed)
     source = settings.source or ModelSource.from_dict(info["source"])
     engine_runner = TrtRunner(settings.engine_path, library)
-    runners: list[Any] = [TorchRunner(TorchModelLoader(source, info["attention"])),
-               OrtRunner(OrtSessionLoader(onnx_path, settings.ort_op)), engine_runner]
-    run = run_all(runners, feeds)
-    reference = run["outputs"][TorchRunner.name]
-    comparisons = {r.name: [c.to_dict() for c in compare_outputs(reference, run["outputs"][r.name], atol, rtol)]
-                   for r in runners[1:]}
+    engine_runner.activate()  # deserialise before the slow CPU runs
+    coef_names = list((info.get("op_inputs") or {}).get("coef") or []) if info["attention"] != "dense" else []
+    torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]))
+    ort_runner = OrtRunner(OrtSessionLoader(onnx_path, settings.ort_op, extra_outputs=coef_names))
+    if coef_names:
+        run = run_selection_aware(torch_runner, ort_runner, feeds, coef_names, atol, rtol)
+    else:
+        run = run_all([torch_runner, ort_runner], feeds)
+    engine_run = run_all([engine_runner], feeds)
+    reference = {OUTPUT_NAME: run["outputs"][TorchRunner.name][OUTPUT_NAME]}
+    candidates = {OrtRunner.name: run["outputs"][OrtRunner.name], TrtRunner.name: engine_run["outputs"][TrtRunner.name]}
+    comparisons = {name: [c.to_dict() for c in compare_outputs(reference, outputs, atol, rtol)]
+                   for name, outputs in candidates.items()}
+    passed = {name: all(c["passed"] for c in outs) for name, outs in comparisons.items()}
+    selection = same = None
+    if coef_names:
+        same = [c.to_dict() for c in compare_outputs(
+            {OUTPUT_NAME: run["outputs"]["pytorch_same_selection"][OUTPUT_NAME]}, run["outputs"][OrtRunner.name],
+            atol, rtol)]
+        selection = run["selection"].to_dict()
+        passed[OrtRunner.name] = all(c["passed"] for c in same) and selection["coef_outside_tolerance"] == 0
     return {
         "engine": str(settings.engine_path),
         "onnx": str(onnx_path),
@@ -139,12 +149,15 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
         "budget": info.get("budget"),
         "inputs": feeds.describe() if hasattr(feeds, "describe") else settings.inputs,
         "batch": batch,
-        "samples": int(next(iter(reference.values())).shape[0]),
+        "samples": int(reference[OUTPUT_NAME].shape[0]),
         "atol": atol,
         "rtol": rtol,
-        "seconds": {k: round(v, 3) for k, v in run["seconds"].items()},
+        "seconds": {k: round(v, 3) for k, v in {**run["seconds"], **engine_run["seconds"]}.items()},
         "comparisons": comparisons,
-        "passed": all(c["passed"] for outs in comparisons.values() for c in outs),
+        "onnxruntime_selection": selection,
+        "onnxruntime_same_selection": same,
+        "passed_by_runner": passed,
+        "passed": all(passed.values()),
     }
 
 
@@ -161,5 +174,9 @@ def format_engine_report(report: dict) -> str:
             top1 = "-" if out["top1"] is None else f"{100 * out['top1']:.1f}%"
             lines.append(f"{runner:<12} {out['name']:<8} {out['max_abs']:>10.3g} {q['p50']:>10.3g} {q['p90']:>10.3g} "
                          f"{q['p99']:>10.3g} {top1:>7} {out['mismatches']:>6}  {'PASS' if out['passed'] else 'FAIL'}")
+    if report.get("onnxruntime_selection"):
+        from sparsifiner.runtime.validate import format_selection
+
+        lines.append("onnxruntime " + format_selection(report["onnxruntime_selection"]))
     lines.append("PASSED" if report["passed"] else "FAILED")
     return "\n".join(lines)

@@ -22,8 +22,8 @@ from sparsifiner import op_spec
 from sparsifiner.errors import SparsifinerError
 
 OP_BACKENDS = ("function", "extensions")
-# How many times the extensions kernel ran in this process (tests check it is used).
-KERNEL_CALLS = {"count": 0}
+# How many times the extensions op ran in this process (tests check it is used).
+EXTENSIONS_OP_CALLS = {"count": 0}
 _REGISTERED: dict = {}
 
 
@@ -37,6 +37,23 @@ def load_model_proto(path: Union[str, Path]):
         return onnx.load(str(path))
     except Exception as exc:
         raise SparsifinerError(f"{path} is not a readable ONNX file (corrupt or truncated): export it again") from exc
+
+
+def with_outputs(model, names):
+    """A copy of ``model`` that also returns the intermediate tensors ``names`` (typed by shape
+    inference); the file on disk is untouched."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise SparsifinerError(f"the graph has no typed tensor {missing[0]!r}: export it again with this version")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(known[n] for n in names if n not in present)
+    return copy
 
 
 def has_custom_op(model) -> bool:
@@ -68,7 +85,7 @@ def create_session(model_or_path, op_backend: str = "function", providers=("CPUE
 
 
 def route_to_extensions(model):
-    """A copy of ``model`` whose TopKMaskedAttention nodes run the extensions kernel."""
+    """A copy of ``model`` whose TopKMaskedAttention nodes run the extensions op (a Python op running the reference)."""
     import onnx
 
     try:
@@ -80,14 +97,14 @@ def route_to_extensions(model):
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
     types.update({init.name: init.data_type for init in model.graph.initializer})
     domain = _contrib_domain()
-    op_type = register_kernel()
+    op_type = register_extensions_op()
     float32 = onnx.TensorProto.FLOAT
     nodes = []
     for node in model.graph.node:
         if not (node.domain == op_spec.OP_DOMAIN and node.op_type == op_spec.OP_NAME):
             nodes.append(node)
             continue
-        # Python ops cannot take float16 (the process aborts), so the kernel is fp32 and
+        # Python ops cannot take float16 (the process aborts), so the op is fp32 and
         # other float types are cast around it. Exact: the reference upcasts to fp32 first
         # and rounds its fp32 result to the input type once, as the Cast back does.
         inputs = []
@@ -99,9 +116,9 @@ def route_to_extensions(model):
         out_type = types.get(node.input[0], float32)
         outputs = list(node.output) if out_type == float32 else [f"{node.output[0]}.f32"]
         attrs = list(node.attribute)
-        kernel = onnx.helper.make_node(op_type, inputs, outputs, name=node.name, domain=domain)
-        kernel.attribute.extend(attrs)
-        nodes.append(kernel)
+        pyop = onnx.helper.make_node(op_type, inputs, outputs, name=node.name, domain=domain)
+        pyop.attribute.extend(attrs)
+        nodes.append(pyop)
         if out_type != float32:
             nodes.append(onnx.helper.make_node("Cast", outputs, list(node.output), to=out_type))
     del model.graph.node[:]
@@ -122,7 +139,7 @@ def _contrib_domain() -> str:
     return _ocos.default_opset_domain()
 
 
-def register_kernel() -> str:
+def register_extensions_op() -> str:
     """Register the fp32 Python op once per process; returns its op_type."""
     if "op_type" in _REGISTERED:
         return _REGISTERED["op_type"]
@@ -134,19 +151,19 @@ def register_kernel() -> str:
         inputs=[PyOp.dt_float] * len(op_spec.INPUT_NAMES),
         outputs=[PyOp.dt_float],
         attrs={a.name: PyOp.dt_int64 if a.type == "int" else PyOp.dt_float for a in op_spec.ATTRIBUTES},
-    )(_kernel)
+    )(_extensions_op)
     _REGISTERED["op_type"] = op_type
     return op_type
 
 
-def _kernel(q, k, v, coef, basis, **attrs):
+def _extensions_op(q, k, v, coef, basis, **attrs):
     """The op on fp32 numpy arrays: the eager reference."""
     import numpy as np
     import torch
 
     from sparsifiner.ops.reference import topk_masked_attention_reference
 
-    KERNEL_CALLS["count"] += 1
+    EXTENSIONS_OP_CALLS["count"] += 1
     tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (q, k, v, coef, basis)]
     with torch.no_grad():
         out = topk_masked_attention_reference(*tensors, **op_spec.typed_attributes(attrs))

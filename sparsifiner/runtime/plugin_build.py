@@ -86,7 +86,7 @@ class HeaderSource:
 
 
 def plugin_source_dir() -> Path:
-    from sparsifiner.ops.kernel import plugin_source_dir as source_dir
+    from sparsifiner.ops.cuda_binding import plugin_source_dir as source_dir
 
     return source_dir()
 
@@ -214,7 +214,7 @@ def _link(nvcc: Path, objects: list, library: Path, exports: Path) -> None:
 
 
 def _atomic_copy(source: Path, dest: Path) -> None:
-    from sparsifiner.model.io import atomic_write
+    from sparsifiner.artifacts import atomic_write
 
     atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
 
@@ -224,7 +224,7 @@ def build_plugin(settings: PluginBuildSettings = PluginBuildSettings(), *, progr
 
     progress: optional callable(str) told about each compile step.
     """
-    from sparsifiner.ops.kernel import cuda_toolkit_home
+    from sparsifiner.ops.cuda_binding import cuda_toolkit_home
 
     home = cuda_toolkit_home()
     if home is None:

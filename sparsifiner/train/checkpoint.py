@@ -9,8 +9,7 @@ the Python/NumPy RNG scalars and the TrainSettings. A copy of that JSON sits bes
 the file for people. Only ``os.replace`` publishes a file, so a kill leaves the
 previous epoch's state intact.
 
-The dense teacher is saved the same way (``teacher.safetensors`` with a
-"sparsifiner-dense" description); Sparsifiner models use sparsifiner.model.io.
+Model weights (the dense teacher, Sparsifiner models) are saved by sparsifiner.model.io.
 """
 from __future__ import annotations
 
@@ -23,17 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparsifiner.artifacts import atomic_write, write_json
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.model.io import atomic_write, read_header
 
 STATE_FORMAT = "sparsifiner-train-state"
-DENSE_FORMAT = "sparsifiner-dense"
 STATE_KEY = "sparsifiner_train"
-MODEL_KEY = "sparsifiner"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def rng_state() -> tuple[dict, dict]:
@@ -82,7 +75,7 @@ def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
             "rng": rng_meta}
     text = json.dumps(info)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={STATE_KEY: text}))
-    _write_json(path.with_suffix(".json"), {k: v for k, v in info.items() if k != "rng"})
+    write_json(path.with_suffix(".json"), {k: v for k, v in info.items() if k != "rng"})
 
 
 def read_train_state(path: Path) -> tuple[dict, dict]:
@@ -125,31 +118,3 @@ def restore_train_state(tensors: dict, meta: dict, model: nn.Module, optimizer: 
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     set_rng_state(tensors, meta["rng"])
-
-
-def save_dense(model: nn.Module, path: Path, extra: Optional[dict] = None) -> Path:
-    """Write a dense timm model (the teacher) as safetensors + JSON description."""
-    from safetensors.torch import save_file
-
-    from sparsifiner.model.sparsify import arch_of
-
-    info = {"format": DENSE_FORMAT, "arch": arch_of(model), **(extra or {})}
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={MODEL_KEY: json.dumps(info)}))
-    _write_json(path.with_suffix(".json"), info)
-    return path
-
-
-def read_weights(path: Path) -> tuple[Optional[dict], dict]:
-    """(description or None for a plain state dict, tensors) of a .safetensors weights file."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta = read_header(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception:
-        raise SparsifinerError(f"{path} is not a readable .safetensors file (corrupt, truncated or another "
-                               "format): pass a safetensors checkpoint") from None
-    info = json.loads(meta[MODEL_KEY]) if MODEL_KEY in meta else None
-    return info, tensors

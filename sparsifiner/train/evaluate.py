@@ -20,11 +20,13 @@ is exact.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from sparsifiner.errors import SparsifinerError
 from sparsifiner.train.distributed import DistInfo, all_reduce_sum
 from sparsifiner.train.losses import attention_distillation
 
@@ -145,6 +147,31 @@ def evaluate_model(model: nn.Module, loader, info: Optional[DistInfo] = None, *,
         if attn_loss is not None:
             out["attn_loss"] = sums["attn_loss"] / len(layers) / max(images, 1)
     return out
+
+
+def evaluate_checkpoints(paths: Sequence[str], data: str = "digits", *, batch_size: int = 256,
+                         limit: Optional[int] = None, mode: str = "sparse", keep_rate: Optional[float] = None,
+                         budget: Optional[int] = None, device: Optional[str] = None, progress: bool = False) -> list[dict]:
+    """One row of metrics per checkpoint (see sparsifiner.train.evaluate)."""
+    from sparsifiner.data import build_datasets, build_loader
+    from sparsifiner.model.source import load_checkpoint
+    from sparsifiner.model.sparsify import set_budget
+    from sparsifiner.train.distributed import distributed_context
+
+    if not paths:
+        raise SparsifinerError("nothing to evaluate: pass --checkpoint PATH (repeatable)")
+    rows = []
+    with distributed_context(device) as info:
+        for path in paths:
+            model, kind = load_checkpoint(path, mode)
+            if kind == "sparsifiner" and (keep_rate is not None or budget is not None):
+                set_budget(model, budget=budget, keep_rate=keep_rate)
+            _, val = build_datasets(data, model, augment=False, limit=limit)
+            loader = build_loader(val, batch_size, False, info.world, info.rank)
+            model = model.to(info.device)
+            metrics = evaluate_model(model, loader, info, progress=progress, desc=Path(path).name)
+            rows.append({"name": Path(path).name, "path": str(path), "kind": kind, **metrics})
+    return rows
 
 
 def format_eval_table(rows: list[dict]) -> str:

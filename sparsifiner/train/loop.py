@@ -79,7 +79,7 @@ class MetricsLog:
         """Forget the records of ``phase`` past ``epoch`` (an interrupted epoch, before resuming)."""
         if not (self.enabled and self.path.exists()):
             return
-        from sparsifiner.model.io import atomic_write
+        from sparsifiner.artifacts import atomic_write
 
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and not (json.loads(line).get("phase") == phase and json.loads(line).get("epoch", 0) > epoch)]

@@ -15,19 +15,15 @@ from torch import nn
 
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.settings import SparsifinerSettings
-from sparsifiner.train.checkpoint import DENSE_FORMAT, read_weights
-from sparsifiner.train.settings import DEMO_MODEL, TrainSettings
-
-PREDICTOR_KEY = ".attn.predictor."
-
+from sparsifiner.model.io import DENSE_FORMAT, read_weights
+from sparsifiner.model.zoo import DEMO_ARCH, DEMO_NAME
+from sparsifiner.train.settings import TrainSettings
 
 def expected_arch(settings: TrainSettings) -> dict:
     """The part of the architecture a checkpoint must share with the run (name, kwargs, size)."""
-    if settings.model == DEMO_MODEL:
-        from sparsifiner.model import zoo
-
-        return {"model": zoo.DEMO_MODEL, "timm_kwargs": dict(zoo.DEMO_TIMM_KWARGS),
-                "img_size": [zoo.DEMO_IMG_SIZE] * 2}
+    if settings.model == DEMO_NAME:
+        return {"model": DEMO_ARCH["model"], "timm_kwargs": dict(DEMO_ARCH["timm_kwargs"]),
+                "img_size": list(DEMO_ARCH["img_size"])}
     arch = {"model": settings.model, "timm_kwargs": dict(settings.timm_kwargs)}
     if settings.img_size is not None:
         arch["img_size"] = [settings.img_size] * 2
@@ -51,33 +47,18 @@ def build_dense(settings: TrainSettings, num_classes: Optional[int], pretrained:
     (None: the model's own head, e.g. the 1,000 ImageNet classes of pretrained weights)."""
     from sparsifiner.model.sparsify import check_supported, create_timm_model
 
-    if settings.model == DEMO_MODEL:
+    if settings.model == DEMO_NAME:
         if pretrained:
             raise SparsifinerError("there are no pretrained weights for the demo model: train it with --phase teacher")
-        from sparsifiner.model import zoo
+        from sparsifiner.model.zoo import create_demo_dense
 
-        model = create_timm_model(zoo.DEMO_MODEL, img_size=zoo.DEMO_IMG_SIZE, num_classes=num_classes or zoo.DEMO_NUM_CLASSES,
-                                  **zoo.DEMO_TIMM_KWARGS)
-        kwargs, name = dict(zoo.DEMO_TIMM_KWARGS), zoo.DEMO_MODEL
-    else:
-        model = create_timm_model(settings.model, pretrained=pretrained, img_size=settings.img_size,
-                                  num_classes=num_classes, **settings.timm_kwargs)
-        kwargs, name = dict(settings.timm_kwargs), settings.model
+        return create_demo_dense(num_classes or DEMO_ARCH["num_classes"])
+    model = create_timm_model(settings.model, pretrained=pretrained, img_size=settings.img_size,
+                              num_classes=num_classes, **settings.timm_kwargs)
+    kwargs, name = dict(settings.timm_kwargs), settings.model
     check_supported(model)
     model.sparsifiner_arch = {"model": name, "img_size": list(model.patch_embed.img_size),
                               "num_classes": model.num_classes, "timm_kwargs": kwargs}
-    return model
-
-
-def dense_from_state(arch: dict, state: dict, source: str) -> nn.Module:
-    """Rebuild a dense model from an arch description and load a (dense or sparse) state dict."""
-    from sparsifiner.model.io import load_state
-    from sparsifiner.model.sparsify import create_timm_model
-
-    model = create_timm_model(arch["model"], img_size=tuple(arch["img_size"]), num_classes=arch["num_classes"],
-                              **arch.get("timm_kwargs", {}))
-    model.sparsifiner_arch = dict(arch)
-    load_state(model, {k: v for k, v in state.items() if PREDICTOR_KEY not in k}, source)
     return model
 
 
@@ -93,7 +74,9 @@ def load_teacher(path: Path, settings: TrainSettings, num_classes: int) -> nn.Mo
     if info.get("format") not in (DENSE_FORMAT, "sparsifiner-model"):
         raise SparsifinerError(f"{path} has format {info.get('format')!r}: pass a model checkpoint")
     check_arch(info["arch"], settings, str(path))
-    return dense_from_state(info["arch"], state, str(path))
+    from sparsifiner.model.source import dense_model
+
+    return dense_model(info["arch"], state, str(path))
 
 
 def _head_size(state: dict, default: int) -> int:

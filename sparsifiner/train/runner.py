@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sparsifiner.artifacts import write_json
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.train.checkpoint import save_dense
+from sparsifiner.model.io import save_dense
 from sparsifiner.train.distributed import DistInfo, distributed_context, wrap_ddp
 from sparsifiner.train.evaluate import evaluate_model
 from sparsifiner.train.loop import MetricsLog, PhaseSpec, RunContext, StepOutput, run_phase, state_path
@@ -96,7 +97,7 @@ def run_training(settings: TrainSettings, phase: str = "both", output: str | Pat
     with distributed_context(device) as info:
         if info.is_main:
             prepare_output(output, phases, resume, overwrite)
-            _write_json(output / "train_settings.json", settings.to_dict())
+            write_json(output / "train_settings.json", settings.to_dict())
         from sparsifiner.train.distributed import barrier
 
         barrier(info)
@@ -105,12 +106,6 @@ def run_training(settings: TrainSettings, phase: str = "both", output: str | Pat
         for i, name in enumerate(phases):
             summary[name] = trainer.run(name, first=i == 0)
         return summary
-
-
-def _write_json(path: Path, data: dict) -> None:
-    from sparsifiner.model.io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 class _Trainer:

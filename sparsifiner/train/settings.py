@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.settings import SparsifinerSettings
+from sparsifiner.settings import DEMO_NAME, SparsifinerSettings
 
 PHASES = ("teacher", "phase1", "phase2")
 REGULARISERS = ("l2", "l1")
 ATTN_LOSSES = ("mse", "kl")
 REDUCTIONS = ("sum", "mean")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-DEMO_MODEL = "demo"
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ class TrainSettings:
     limit: use only the first ``limit`` images of each split (smoke tests).
     """
 
-    model: str = DEMO_MODEL
+    model: str = DEMO_NAME
     timm_kwargs: dict = field(default_factory=dict)
     data: Optional[str] = "digits"
     img_size: Optional[int] = None

@@ -37,7 +37,7 @@ def default_budgets(budget: int) -> list[int]:
 def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int], budget: int,
                    blocks: Sequence[int], heads: int) -> list[dict]:
     """Per block: mask, sparse and dense attention rows of the query, on the patch grid [heads, gh, gw]."""
-    from sparsifiner.model.sparsify import collect_aux, set_mode, sparse_layers
+    from sparsifiner.model.sparsify import apply_settings, collect_aux, set_budget, set_mode, settings_of, sparse_layers
 
     layers = sparse_layers(model)
     gh, gw = model.patch_embed.grid_size
@@ -49,18 +49,18 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
         raise SparsifinerError(f"budget {budget} must be between 1 and {layers[0].num_tokens}")
     prefix = layers[0].num_prefix_tokens
     token = prefix + row * gw + col
-    saved = [(layer.budget, layer.mode) for layer in layers]
+    saved_settings, saved_modes = settings_of(model), [layer.mode for layer in layers]
     was_training = model.training
     model.eval()
     try:
-        for layer in layers:
-            layer.budget = budget
+        set_budget(model, budget)
         set_mode(model, "sparse")
         with collect_aux(model) as records:
             model(image.unsqueeze(0).to(next(model.parameters()).device))
     finally:
-        for layer, (b, mode) in zip(layers, saved):
-            layer.budget, layer.mode = b, mode
+        apply_settings(model, saved_settings)
+        for layer, mode in zip(layers, saved_modes):
+            layer.set_mode(mode)
         model.train(was_training)
     out = []
     for b in blocks:

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from sparsifiner.artifacts import write_json
 from sparsifiner.errors import SparsifinerError
 
 
@@ -67,13 +68,5 @@ def write_figures(checkpoint: str, output: str, *, data: Optional[str] = "digits
     result["settings"] = {"checkpoint": str(checkpoint), "data": data, "index": index, "image": image,
                           "blocks": list(blocks) if blocks else None, "heads": heads,
                           "budgets": list(budgets) if budgets else None, "metrics": str(metrics_path)}
-    _write_json(out / f"{prefix}figures.json", result)
+    write_json(out / f"{prefix}figures.json", result)
     return result
-
-
-def _write_json(path: Path, data: dict) -> None:
-    import json
-
-    from sparsifiner.model.io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))

@@ -38,7 +38,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="session")
 def torch_models():
     """torch_models(model, form) -> the fp32 PyTorch model an export was made from, cached."""
-    from sparsifiner.export.models import load_model
+    from sparsifiner.model.source import load_model
 
     cache = {}
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sparsifiner import __version__, op_spec
-from sparsifiner.export.metadata import metadata_of
-from sparsifiner.runtime.ort import KERNEL_CALLS, create_session
+from sparsifiner.artifacts import metadata_of
+from sparsifiner.runtime.ort import EXTENSIONS_OP_CALLS, create_session
 
 FORMS = ("custom", "decomposed", "dense")
 MODELS = ("demo", "deit")
@@ -54,9 +54,9 @@ def test_fixed_batch(exported, torch_models, model, form):
 @pytest.mark.parametrize("model", MODELS)
 def test_custom_form_runs_the_op_kernel(exported, torch_models, model):
     path, _ = exported(model, "custom")
-    before = KERNEL_CALLS["count"]
+    before = EXTENSIONS_OP_CALLS["count"]
     out, ref = run_both(model, create_session(path, "extensions"), torch_models(model, "custom"), 3)
-    assert KERNEL_CALLS["count"] - before == BLOCKS[model]
+    assert EXTENSIONS_OP_CALLS["count"] - before == BLOCKS[model]
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 

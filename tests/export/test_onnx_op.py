@@ -12,7 +12,7 @@ import torch
 from sparsifiner import op_spec
 from sparsifiner.export import onnx_op
 from sparsifiner.ops.reference import topk_masked_attention_reference
-from sparsifiner.runtime.ort import KERNEL_CALLS, create_session
+from sparsifiner.runtime.ort import EXTENSIONS_OP_CALLS, create_session
 
 TYPES = {np.float32: onnx.TensorProto.FLOAT, np.float16: onnx.TensorProto.FLOAT16}
 
@@ -67,10 +67,10 @@ def test_op_matches_reference_with_ties(shape, rank, budget, cls_rows, backend):
     scale = shape[-1] ** -0.5
     model = op_model(shape, rank, budget, scale, cls_rows)
     feed = exact_inputs(shape, rank, cls_rows, seed=sum(shape))
-    before = KERNEL_CALLS["count"]
+    before = EXTENSIONS_OP_CALLS["count"]
     out = create_session(model, backend).run(None, feed)[0]
     np.testing.assert_allclose(out, reference(feed, budget, scale, cls_rows), atol=2e-6, rtol=1e-5)
-    assert (KERNEL_CALLS["count"] > before) == (backend == "extensions")
+    assert (EXTENSIONS_OP_CALLS["count"] > before) == (backend == "extensions")
 
 
 @pytest.mark.parametrize("backend", ["function", "extensions"])

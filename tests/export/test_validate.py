@@ -4,9 +4,10 @@ import pytest
 from PIL import Image
 
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.export import ExportSettings, ModelSource, ValidateSettings, export_onnx, validate_onnx
-from sparsifiner.export.compare import compare_arrays, compare_outputs
-from sparsifiner.export.validate import ImageFolderInputs, source_for_validation
+from sparsifiner.export import ExportSettings, ModelSource, export_onnx
+from sparsifiner.runtime.validate import ValidateSettings, source_for_validation, validate_onnx
+from sparsifiner.runtime.compare import compare_arrays, compare_outputs
+from sparsifiner.data.feeds import ImageFolderInputs
 from sparsifiner.model import prune_basis
 from sparsifiner.model.io import save_sparsifiner
 from sparsifiner.model.zoo import create_demo_sparsifiner
@@ -20,7 +21,7 @@ def test_validate_custom_graph(exported, ort_op):
     out = report["outputs"][0]
     assert out["name"] == "logits" and out["top1"] == 1.0 and out["mismatches"] == 0
     assert set(out["quantiles"]) == {"p50", "p90", "p99", "max"} and out["max_abs"] < 1e-4
-    assert report["kernel_calls"] == (12 if ort_op == "extensions" else 0)  # 6 blocks x 2 batches
+    assert report["extensions_op_calls"] == (12 if ort_op == "extensions" else 0)  # 6 blocks x 2 batches
 
 
 def test_validate_fixed_batch_needs_that_batch(exported):

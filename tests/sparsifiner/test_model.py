@@ -7,7 +7,7 @@ import torch
 
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.layers import prune_basis_tensor, prune_coefficients
-from sparsifiner.model import collect_aux, create_sparsifiner, prune_basis, set_mode, sparse_layers, sparsify
+from sparsifiner.model import collect_aux, create_sparsifiner, set_mode, sparse_layers, sparsify
 from sparsifiner.settings import SparsifinerSettings
 
 
@@ -103,10 +103,20 @@ def test_basis_pruning_abs_and_signed():
 
 def test_coefficient_pruning_threshold_and_topk():
     coef = torch.tensor([[0.5, 0.05, 0.3, 0.04, 0.11]])
-    thr = prune_coefficients(coef, SparsifinerSettings(coef_prune="threshold", coef_threshold=0.05))
+    float_scores = {"exact_scores": False}
+    thr = prune_coefficients(coef, SparsifinerSettings(coef_prune="threshold", coef_threshold=0.05, **float_scores))
     assert torch.equal(thr, torch.tensor([[0.5, 0.0, 0.3, 0.0, 0.11]]))
-    top = prune_coefficients(coef, SparsifinerSettings(coef_prune="topk", coef_topk=2))
+    top = prune_coefficients(coef, SparsifinerSettings(coef_prune="topk", coef_topk=2, **float_scores))
     assert torch.equal(top, torch.tensor([[0.5, 0.0, 0.3, 0.0, 0.0]]))
+    # exact scores: the same pruning, then multiples of 2^-10 (0.3 -> 307/1024, 0.11 -> 113/1024)
+    exact = prune_coefficients(coef, SparsifinerSettings(coef_prune="threshold", coef_threshold=0.05))
+    assert torch.equal(exact * 1024, torch.tensor([[512.0, 0.0, 307.0, 0.0, 113.0]]))
+
+
+def test_keep_best_coefficient_leaves_no_row_empty():
+    coef = torch.tensor([[0.04, 0.03, 0.045], [0.5, 0.2, 0.3]])
+    kept = prune_coefficients(coef, SparsifinerSettings(coef_threshold=0.05, coef_keep_best=True, exact_scores=False))
+    assert torch.equal(kept, torch.tensor([[0.0, 0.0, 0.045], [0.5, 0.2, 0.3]]))
 
 
 

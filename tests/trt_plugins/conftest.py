@@ -10,7 +10,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # trt_kernel_cases, emulated_kernel
 
-from sparsifiner.ops.kernel import cuda_toolkit_home, plugin_source_dir  # noqa: E402
+from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

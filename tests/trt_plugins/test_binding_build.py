@@ -1,7 +1,7 @@
 """The torch binding compiles against this torch without a GPU (both marked slow).
 
 The syntax check compiles topkMaskedAttentionTorch.cpp against the torch and CUDA
-headers (~20 s); the full build runs sparsifiner.ops.kernel's own build path
+headers (~20 s); the full build runs sparsifiner.ops.cuda_binding's own build path
 (torch.utils.cpp_extension, nvcc for one arch, link) and imports the result (~40 s).
 """
 from __future__ import annotations
@@ -36,11 +36,11 @@ def test_binding_compiles_against_torch_headers(plugin_dir, cuda_home):
 def test_extension_builds_and_imports(tmp_path, cuda_home, monkeypatch):
     if torch.version.cuda is None:
         pytest.skip("needs a CUDA build of torch")
-    from sparsifiner.ops import kernel
+    from sparsifiner.ops import cuda_binding
 
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     monkeypatch.setenv("MAX_JOBS", "2")
-    module = kernel._build(tmp_path, cuda_home, verbose=False)
+    module = cuda_binding._build(tmp_path, cuda_home, verbose=False)
     assert (module.OP_NAME, module.OP_DOMAIN, module.OP_VERSION) == ("TopKMaskedAttention", "sparsifiner", 1)
     assert callable(module.forward) and callable(module.forward_into) and callable(module.resolve_algo)
     if not torch.cuda.is_available():

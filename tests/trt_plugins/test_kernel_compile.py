@@ -94,7 +94,7 @@ if __name__ == "__main__":  # print the table: python tests/trt_plugins/test_ker
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from sparsifiner.ops.kernel import cuda_toolkit_home, plugin_source_dir
+    from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir
 
     home = cuda_toolkit_home()
     if home is None:

@@ -21,9 +21,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def ext():
-    from sparsifiner.ops.kernel import load_kernel
+    from sparsifiner.ops.cuda_binding import load_cuda_binding
 
-    return load_kernel()
+    return load_cuda_binding()
 
 
 ALGO = {"auto": 0, "tiled": 1, "rowwise": 2}

@@ -76,7 +76,7 @@ def test_checkpoint_of_the_wrong_architecture(tmp_path):
     from safetensors.torch import save_file
 
     from sparsifiner.model.sparsify import create_timm_model
-    from sparsifiner.train.checkpoint import save_dense
+    from sparsifiner.model.io import save_dense
 
     other = create_timm_model("vit_tiny_patch16_224", img_size=32, num_classes=10, patch_size=4, embed_dim=64,
                               depth=1, num_heads=1)

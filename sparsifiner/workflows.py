@@ -1,67 +1,31 @@
-"""End-to-end workflows on top of training: evaluate checkpoints, the demo, the regulariser study.
+"""Workflows: the only library code that chains stages (train, evaluate, figures, export).
 
-``evaluate_checkpoints`` scores dense, phase-1 and phase-2 checkpoints on a val set.
-``run_demo`` trains teacher, phase 1 and phase 2 on the bundled digits, evaluates
-them, counts the MHSA MACs and draws the figures. ``run_regulariser_study`` repeats
-phases 1 and 2 from one teacher with the L2 and the L1 regulariser under the same
-budget (Table 1 of the supplementary).
+``run_demo`` trains teacher, phase 1 and phase 2 on the bundled digits, evaluates them,
+counts the MHSA MACs, draws the figures and, when given an export stage, exports the
+result and validates it. ``run_regulariser_study`` repeats phases 1 and 2 from one
+teacher with the L2 and the L1 regulariser under the same budget (Table 1 of the
+supplementary).
+
+Export lives above the library (``sparsifiner.export`` uses ``sparsifiner``, never the
+reverse), so the export stage comes in as a callable: the CLI passes
+``sparsifiner.export.export_and_validate``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
-from sparsifiner.errors import SparsifinerError
+from sparsifiner.artifacts import write_json
+from sparsifiner.train.evaluate import evaluate_checkpoints
 from sparsifiner.train.settings import TrainSettings
 
 PAPER = {"basis_sparsity_l2": 0.908, "basis_sparsity_l1": 0.913, "top1_l2": 79.79, "top1_l1": 78.81,
          "dense_top1": 79.8}
 TARGETS = {"teacher_top1": 95.0, "max_drop": 1.5}
-
-
-def load_any(path: str, mode: Optional[str] = "sparse"):
-    """A model from a dense or Sparsifiner checkpoint, and its kind."""
-    from sparsifiner.model.io import load_sparsifiner
-    from sparsifiner.train.checkpoint import DENSE_FORMAT, read_weights
-    from sparsifiner.train.models import dense_from_state
-
-    info, state = read_weights(Path(path))
-    if info is None:
-        raise SparsifinerError(f"{path} has no description: evaluate checkpoints written by sparsifiner train")
-    if info.get("format") == DENSE_FORMAT:
-        return dense_from_state(info["arch"], state, str(path)).eval(), "dense"
-    return load_sparsifiner(path, mode=mode), "sparsifiner"
-
-
-def evaluate_checkpoints(paths: Sequence[str], data: str = "digits", *, batch_size: int = 256,
-                         limit: Optional[int] = None, mode: str = "sparse", keep_rate: Optional[float] = None,
-                         budget: Optional[int] = None, device: Optional[str] = None, progress: bool = False) -> list[dict]:
-    """One row of metrics per checkpoint (see sparsifiner.train.evaluate)."""
-    from sparsifiner.data import build_datasets, build_loader
-    from sparsifiner.model.sparsify import sparse_layers
-    from sparsifiner.train.distributed import distributed_context
-    from sparsifiner.train.evaluate import evaluate_model
-
-    if not paths:
-        raise SparsifinerError("nothing to evaluate: pass --checkpoint PATH (repeatable)")
-    rows = []
-    with distributed_context(device) as info:
-        for path in paths:
-            model, kind = load_any(path, mode)
-            if kind == "sparsifiner" and (keep_rate is not None or budget is not None):
-                layers = sparse_layers(model)
-                changed = layers[0].settings.replace(keep_rate=keep_rate or layers[0].settings.keep_rate, budget=budget)
-                for layer in layers:
-                    layer.budget = changed.resolve_budget(layer.num_tokens, layer.num_prefix_tokens)
-            _, val = build_datasets(data, model, augment=False, limit=limit)
-            loader = build_loader(val, batch_size, False, info.world, info.rank)
-            model = model.to(info.device)
-            metrics = evaluate_model(model, loader, info, progress=progress, desc=Path(path).name)
-            rows.append({"name": Path(path).name, "path": str(path), "kind": kind, **metrics})
-    return rows
+# An export stage: phase-2 checkpoint path -> report dict with "path", "passed" and "validation".
+ExportStage = Callable[[Path], dict]
 
 
 def mhsa_reduction(checkpoint: str, coef_density: Optional[float], basis_density: float,
@@ -69,8 +33,9 @@ def mhsa_reduction(checkpoint: str, coef_density: Optional[float], basis_density
     """MHSA MAC reduction of a Sparsifiner checkpoint (sparsifiner.model.flops) with its measured
     densities, and what the same settings and densities give on DeiT-S at 224 px (N = 197)."""
     from sparsifiner.model.flops import count_flops
+    from sparsifiner.model.source import ModelSource
 
-    data = count_flops("", None, checkpoint=checkpoint, coef_density=coef_density)
+    data = count_flops(ModelSource(checkpoint=str(checkpoint)), coef_density=coef_density)
     deit = count_flops("deit_small_patch16_224", settings.sparsifiner, coef_density=coef_density,
                        basis_density=basis_density)
     return {"mhsa_reduction": data["reduction"]["mhsa"],
@@ -83,8 +48,9 @@ def mhsa_reduction(checkpoint: str, coef_density: Optional[float], basis_density
 
 def run_demo(settings: TrainSettings, output: str | Path = "runs/demo", *, resume: bool = False,
              overwrite: bool = False, progress: bool = True, device: Optional[str] = None,
-             figures: bool = True) -> dict:
-    """Teacher, phase 1 and phase 2 on the digits; returns the summary (see format_demo)."""
+             figures: bool = True, export: Optional[ExportStage] = None) -> dict:
+    """Teacher, phase 1 and phase 2 on the digits, then the export stage if given; returns the
+    summary (see format_demo)."""
     from sparsifiner.train.runner import artifact_path, run_training
 
     start = time.perf_counter()
@@ -126,8 +92,10 @@ def run_demo(settings: TrainSettings, output: str | Path = "runs/demo", *, resum
 
         summary["figures"] = write_figures(paths[2], str(output / "figures"), data=settings.data,
                                            metrics=str(output / "metrics.jsonl"))
+    if export is not None:
+        summary["onnx"] = export(Path(paths[2]))
     summary["wall_s"] = time.perf_counter() - start
-    _save_json(output / "demo_summary.json", summary)
+    write_json(output / "demo_summary.json", summary)
     return summary
 
 
@@ -153,12 +121,30 @@ def format_demo(s: dict) -> str:
     lines = [f"Sparsifiner demo (digits, N={s['num_tokens']} tokens, keep rate {s['keep_rate']} -> budget {s['budget']})"]
     lines += [f"  {label:<30} {value:>9}   {note}".rstrip() for label, value, note in rows]
     lines.append(f"  outputs: {s['output']}" + (f" (figures in {s['output']}/figures)" if s.get("figures") else ""))
+    if s.get("onnx"):
+        lines += format_demo_onnx(s["onnx"])
     return "\n".join(lines)
+
+
+def format_demo_onnx(onnx: dict) -> list[str]:
+    lines = [f"  ONNX export: {onnx['path']}"]
+    for op, report in onnx["validation"].items():
+        out = report["outputs"][0]
+        lines.append(f"    ONNX Runtime ({op}) vs PyTorch on {report['samples']} val digits: max abs "
+                     f"{out['max_abs']:.2e}, p99 {out['quantiles']['p99']:.1e}, {out['mismatches']} logits out of "
+                     f"tolerance, top-1 agreement {100 * out['top1']:.1f} %  {'PASS' if report['passed'] else 'FAIL'}")
+    if not onnx["passed"]:
+        lines.append("    (isolated outliers come from near-ties in the top-B selection: the runtimes sum the scores in a "
+                     "different order and can keep a different key)")
+    if "extensions" not in onnx["validation"]:
+        lines.append("    (the check of the op itself needs onnxruntime-extensions: pip install 'sparsifiner[ort-ext]')")
+    return lines
 
 
 def run_regulariser_study(settings: TrainSettings, output: str | Path = "runs/reg_study", *, resume: bool = False,
                           overwrite: bool = False, progress: bool = True, device: Optional[str] = None) -> dict:
     """Phases 1 and 2 with L2 and with L1 from one teacher, same budget; basis sparsity and top-1 each."""
+    from sparsifiner.model.source import load_checkpoint
     from sparsifiner.train.runner import artifact_path, run_training
     from sparsifiner.viz.basis import basis_figure
 
@@ -176,7 +162,7 @@ def run_regulariser_study(settings: TrainSettings, output: str | Path = "runs/re
         run_training(run_settings, "both", sub, resume=resume, overwrite=overwrite, progress=progress, device=device)
         row = evaluate_checkpoints([str(artifact_path(sub, "phase2"))], settings.data,
                                    batch_size=settings.eval_batch_size, limit=settings.limit, device=device)[0]
-        model, _ = load_any(str(artifact_path(sub, "phase2")))
+        model, _ = load_checkpoint(str(artifact_path(sub, "phase2")))
         figure = basis_figure(model, output / f"basis_{reg}.png",
                               title=f"pruned basis W_up, {reg.upper()} regulariser "
                                     f"(tau {settings.sparsifiner.basis_threshold}): {100 * row['basis_sparsity']:.1f}% zero")
@@ -187,7 +173,7 @@ def run_regulariser_study(settings: TrainSettings, output: str | Path = "runs/re
     results["l1_weight"] = settings.phase1.l1_weight
     results["train_settings"] = settings.to_dict()
     results["wall_s"] = time.perf_counter() - start
-    _save_json(output / "reg_study.json", results)
+    write_json(output / "reg_study.json", results)
     return results
 
 
@@ -205,9 +191,3 @@ def format_reg_study(r: dict) -> str:
                      f"{row['dead_basis_vectors']:>13}   {100 * row['paper_basis_sparsity']:.1f} %, {row['paper_top1']:.2f} %")
     lines.append(f"L1 weight {r['l1_weight']}; figures: " + ", ".join(row["figure"] for row in r["runs"].values()))
     return "\n".join(lines)
-
-
-def _save_json(path: Path, data: dict) -> None:
-    from sparsifiner.model.io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))

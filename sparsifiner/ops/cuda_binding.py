@@ -1,13 +1,13 @@
-"""The compiled TopKMaskedAttention CUDA kernel: build on demand, load, register.
+"""The torch binding of the TopKMaskedAttention CUDA kernels: build on demand, load, register.
 
-``load_kernel()`` compiles ``trt_plugins/topkMaskedAttention`` (the kernels and their
+``load_cuda_binding()`` compiles ``trt_plugins/topkMaskedAttention`` (the kernels and their
 torch binding) with ``torch.utils.cpp_extension`` into a cache directory the first time
 it is called, then registers the binding as the CUDA implementation of the torch.library
 op ``sparsifiner::topk_masked_attention`` (so ``sparsifiner.ops.topk_masked_attention``
 runs the kernel on CUDA tensors). Importing this module builds nothing and imports no
 compiler machinery; ``import sparsifiner.ops`` does not import it at all.
 
-Without a CUDA GPU or the CUDA toolkit, ``load_kernel`` raises ``SparsifinerError``
+Without a CUDA GPU or the CUDA toolkit, ``load_cuda_binding`` raises ``SparsifinerError``
 with a one-line message saying what to do; the eager reference keeps working.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def cache_dir() -> Path:
     return Path(root) / "kernels" / tag
 
 
-def kernel_available() -> bool:
+def cuda_binding_available() -> bool:
     """True when the kernel is loaded or could be built here (a CUDA GPU and the toolkit)."""
     if _module is not None:
         return True
@@ -146,10 +146,10 @@ def _register_cuda_impl(module) -> None:
     def cuda_impl(q, k, v, coef, basis, budget, scale, cls_rows):
         return module.forward(q, k, v, coef, basis, budget, scale, cls_rows, ALGORITHMS["auto"])
 
-    topk_masked_attention_op.register_kernel("cuda")(cuda_impl)
+    topk_masked_attention_op.register_extensions_op("cuda")(cuda_impl)
 
 
-def load_kernel(build: bool = True, verbose: bool = False):
+def load_cuda_binding(build: bool = True, verbose: bool = False):
     """The compiled extension (module with ``forward`` and ``resolve_algo``), loaded once.
 
     build=False only loads an extension already built in ``cache_dir()``. On success the
@@ -165,7 +165,7 @@ def load_kernel(build: bool = True, verbose: bool = False):
         module = _import_built(build_dir) if not build else None
         if module is None and not build:
             raise SparsifinerError(
-                f"the TopKMaskedAttention CUDA kernel is not built in {build_dir}; call load_kernel(build=True)"
+                f"the TopKMaskedAttention CUDA kernel is not built in {build_dir}; call load_cuda_binding(build=True)"
             )
         if module is None:
             build_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +174,7 @@ def load_kernel(build: bool = True, verbose: bool = False):
             except Exception as exc:  # noqa: BLE001 - compiler errors come in many types
                 raise SparsifinerError(
                     f"building the TopKMaskedAttention CUDA kernel failed ({type(exc).__name__}); "
-                    "rerun load_kernel(verbose=True) to see the compiler output"
+                    "rerun load_cuda_binding(verbose=True) to see the compiler output"
                 ) from exc
         _register_cuda_impl(module)
         _module = module
@@ -185,10 +185,10 @@ def topk_masked_attention_cuda(q, k, v, coef, basis, budget: int, scale: float, 
     """Call the kernel directly, choosing the algorithm ("auto", "tiled", "rowwise")."""
     if algo not in ALGORITHMS:
         raise SparsifinerError(f"unknown algorithm {algo!r}; use one of {sorted(ALGORITHMS)}")
-    return load_kernel().forward(q, k, v, coef, basis, int(budget), float(scale), int(cls_rows), ALGORITHMS[algo])
+    return load_cuda_binding().forward(q, k, v, coef, basis, int(budget), float(scale), int(cls_rows), ALGORITHMS[algo])
 
 
 def resolve_algorithm(q, k, v, coef, basis, budget: int, scale: float, cls_rows: int = 1, *, algo="auto") -> str:
     """The algorithm a call with these inputs runs on this GPU ("tiled" or "rowwise")."""
-    code = load_kernel().resolve_algo(q, k, v, coef, basis, int(budget), float(scale), int(cls_rows), ALGORITHMS[algo])
+    code = load_cuda_binding().resolve_algo(q, k, v, coef, basis, int(budget), float(scale), int(cls_rows), ALGORITHMS[algo])
     return {value: name for name, value in ALGORITHMS.items()}[code]
