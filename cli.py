@@ -386,6 +386,102 @@ def validate(ctx, onnx_path, checkpoint, model_name, pretrained, img_size, seed,
         ctx.exit(1)
 
 
+# --- TensorRT: plugin, engines -------------------------------------------------------------------
+
+@cli.command("build-plugin")
+@click.option("--tensorrt-include", type=click.Path(file_okay=False), default=None,
+              help="TensorRT's include folder (or its root). [default: $TENSORRT_ROOT, system paths, kernel-lens]")
+@click.option("--arch", "archs", default="80,90", show_default=True, help="SM versions to compile for, comma-separated.")
+@click.option("--output", type=click.Path(), default=None, help="Also copy the library here (a file or folder).")
+@click.option("--force", is_flag=True, help="Rebuild even when the cache has it.")
+@options("json")
+def build_plugin_command(tensorrt_include, archs, output, force, as_json):
+    """Build the TopKMaskedAttention TensorRT plugin library (nvcc), cached by source hash."""
+    from sparsifiner.runtime.plugin_build import PluginBuildSettings, build_plugin, format_plugin_build
+
+    settings = PluginBuildSettings(tensorrt_include=tensorrt_include, archs=tuple(archs.split(",")), output=output,
+                                   force=force)
+    result = build_plugin(settings, progress=None if as_json else lambda text: click.echo(text, err=True))
+    emit(result, as_json, format_plugin_build(result))
+
+
+@cli.command("build-engine")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "engine_path", type=click.Path(dir_okay=False), default=None,
+              help="Engine file (a JSON sidecar goes beside it). [default: MODEL.engine]")
+@click.option("--backend", type=click.Choice(["auto", "trt", "rtx"]), default="auto", show_default=True,
+              help="auto: TensorRT when installed, else TensorRT-RTX.")
+@click.option("--min", "min_batch", type=int, default=None, help="Smallest batch of the profile. [default: 1]")
+@click.option("--opt", "opt_batch", type=int, default=None, help="Batch the profile is tuned for. [default: 4]")
+@click.option("--max", "max_batch", type=int, default=None, help="Largest batch of the profile. [default: 8]")
+@click.option("--workspace", "workspace_mib", type=int, default=None, help="Builder workspace limit in MiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="Timing cache file, read before and written after the build (needs a GPU with TensorRT-RTX).")
+@click.option("--builder-optimization-level", "optimization_level", type=int, default=None, help="0-5. [default: 3]")
+@click.option("--compute-capability", default=None,
+              help="TensorRT-RTX target: sm75, sm80, sm86, sm89, sm120, sm121 or current (no sm90).")
+@click.option("--plugin-lib", type=click.Path(dir_okay=False), default=None,
+              help="The plugin library. [default: build it (cached)]")
+@click.option("--no-plugin", is_flag=True, help="Build TopKMaskedAttention nodes from their local function instead.")
+@click.option("--tf32", is_flag=True, help="Allow TF32 math in an fp32 graph.")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
+def build_engine_command(onnx_path, engine_path, backend, min_batch, opt_batch, max_batch, workspace_mib, timing_cache,
+                         optimization_level, compute_capability, plugin_lib, no_plugin, tf32, no_progress, as_json):
+    """Build a TensorRT engine (strongly typed: the graph's precision) with the plugin for custom nodes."""
+    from sparsifiner.runtime.engine_build import EngineBuildSettings, ProgressDisplay, build_engine_file
+    from sparsifiner.runtime.engine_file import format_sidecar
+
+    progress = not (no_progress or as_json)
+    settings = EngineBuildSettings(
+        onnx_path=onnx_path, engine_path=engine_path, backend=backend, min_batch=min_batch, opt_batch=opt_batch,
+        max_batch=max_batch, workspace_mib=workspace_mib, timing_cache=timing_cache,
+        optimization_level=optimization_level, compute_capability=compute_capability, plugin_library=plugin_lib,
+        use_plugin=not no_plugin, tf32=tf32, progress=progress)
+    sidecar = build_engine_file(settings, ProgressDisplay() if progress else None)
+    emit(sidecar, as_json, format_sidecar(sidecar))
+
+
+@cli.command("validate-engine")
+@click.option("--engine", "engine_path", required=True, type=click.Path(dir_okay=False),
+              help="An engine written by build-engine.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+              help="Its ONNX file. [default: the one its sidecar records]")
+@click.option("--plugin-lib", type=click.Path(dir_okay=False), default=None,
+              help="The plugin library. [default: the one its sidecar records]")
+@options(*SOURCE_OPTIONS, *SETTINGS_OPTIONS)
+@click.option("--inputs", default="random", show_default=True,
+              help="'random', 'demo' (the digits validation split), or a folder of images.")
+@click.option("--batch", type=int, default=None, help="Batch size (default: 4, within the engine's profile).")
+@click.option("--num-batches", type=int, default=2, show_default=True, help="Batches of random or demo inputs.")
+@click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--ort-op", type=click.Choice(["function", "extensions"]), default="function", show_default=True,
+              help="How ONNX Runtime runs TopKMaskedAttention (as in validate).")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance. [default: 1e-4 fp32, 2e-2 fp16, 6e-2 bf16]")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance. [default: 1e-3 fp32, 2e-2 fp16, 6e-2 bf16]")
+@options("json")
+@click.pass_context
+def validate_engine_command(ctx, engine_path, onnx_path, plugin_lib, checkpoint, model_name, pretrained, img_size, seed,
+                            inputs, batch, num_batches, input_seed, ort_op, atol, rtol, as_json, **flags):
+    """Run an engine on the GPU against PyTorch and ONNX Runtime (as validate does); exit 1 when outside tolerance."""
+    from sparsifiner.runtime.engine_validate import (EngineValidateSettings, engine_onnx_path, format_engine_report,
+                                                     validate_engine)
+    from sparsifiner.runtime.validate import source_for_validation
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    source = None
+    if checkpoint or model_name or given or pretrained or seed is not None or img_size is not None:
+        source = source_for_validation(engine_onnx_path(engine_path, onnx_path), checkpoint=checkpoint,
+                                       model_name=model_name, pretrained=bool(pretrained), seed=seed, img_size=img_size,
+                                       settings=given)
+    report = validate_engine(EngineValidateSettings(
+        engine_path=engine_path, onnx_path=onnx_path, plugin_library=plugin_lib, source=source, inputs=inputs,
+        batch=batch, num_batches=num_batches, seed=input_seed, ort_op=ort_op, atol=atol, rtol=rtol))
+    emit(report, as_json, format_engine_report(report))
+    if not report["passed"]:
+        ctx.exit(1)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="sparsifiner")

@@ -5,7 +5,9 @@
 one TopKMaskedAttention node per block, then post-processes the ModelProto:
 
 * custom: adds the op's model-local function (standard-op body) so any ONNX runtime
-  can run the file; a runtime with a kernel (or TensorRT plugin) uses that instead.
+  can run the file; a runtime with a kernel (or TensorRT plugin) uses that instead. Each
+  node gets the string attributes ``plugin_namespace`` and ``plugin_version``: without
+  them TensorRT-RTX silently inlines the local function even when the plugin is loaded.
 * decomposed: the same, then inlines the function everywhere: standard ops only.
 * dense: nothing to add (timm's attention exports as MatMul/Softmax).
 
@@ -94,6 +96,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         if not custom_nodes:
             raise AssertionError("no TopKMaskedAttention node was exported")
         proto.functions.append(onnx_op.function_proto(settings.opset))
+        _tag_plugin_nodes(custom_nodes)
     if settings.attention == "decomposed":
         proto = _inline_op_function(proto)
 
@@ -241,6 +244,18 @@ def _name_attention_nodes(graph) -> list:
                 del node.metadata_props[i]
                 break
     return nodes
+
+
+def _tag_plugin_nodes(nodes) -> None:
+    """Write op_spec.PLUGIN_NODE_ATTRIBUTES on every TopKMaskedAttention node (TensorRT's plugin lookup)."""
+    import onnx
+
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name not in op_spec.PLUGIN_NODE_ATTRIBUTES]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.extend(onnx.helper.make_attribute(name, value)
+                              for name, value in op_spec.PLUGIN_NODE_ATTRIBUTES.items())
 
 
 def _rename_value(graph, old: str, new: str) -> None:

@@ -5,6 +5,8 @@ Three pieces, all named from ``sparsifiner.op_spec``:
 * ``register_schema()`` registers an ``onnx.defs.OpSchema`` for the op in this
   process, so onnxscript (and thus the torch exporter) can emit the node and the ONNX
   checker can check it. Other processes (ONNX Runtime, TensorRT) never need it.
+* The node carries ``plugin_namespace`` and ``plugin_version`` as well (the exporter adds
+  them): TensorRT's ONNX parser finds the plugin through them.
 * ``torch_translation`` maps ``torch.ops.sparsifiner.topk_masked_attention`` onto one
   TopKMaskedAttention node (``custom_translation_table`` of ``torch.onnx.export``).
 * ``function_proto(opset)`` is the op as a model-local ONNX function whose body uses
@@ -106,7 +108,7 @@ def op_schema() -> onnx.defs.OpSchema:
         outputs=[OpSchema.FormalParameter(op_spec.OUTPUT_NAMES[0], "T")],
         type_constraints=[("T", floats, "q, k, v and out"), ("TC", floats, "coefficients (float in fp16 models)"),
                           ("TB", floats, "pruned basis")],
-        attributes=[_schema_attribute(attr) for attr in op_spec.ATTRIBUTES],
+        attributes=[_schema_attribute(attr) for attr in op_spec.ATTRIBUTES] + _plugin_attributes(),
     )
 
 
@@ -117,6 +119,17 @@ def _schema_attribute(attr: op_spec.Attribute) -> onnx.defs.OpSchema.Attribute:
         kind = OpSchema.AttrType.INT if attr.type == "int" else OpSchema.AttrType.FLOAT
         return OpSchema.Attribute(attr.name, kind, attr.doc)
     return OpSchema.Attribute(attr.name, onnx.helper.make_attribute(attr.name, attr.convert(attr.default)), attr.doc)
+
+
+def _plugin_attributes() -> list:
+    """The string attributes naming the TensorRT plugin (op_spec.PLUGIN_NODE_ATTRIBUTES), optional.
+
+    They are in the schema only so the ONNX checker accepts them on the node; the local
+    function does not declare them and ONNX Runtime ignores them.
+    """
+    OpSchema = onnx.defs.OpSchema
+    return [OpSchema.Attribute(name, onnx.helper.make_attribute(name, value), "TensorRT plugin lookup (ONNX parser)")
+            for name, value in op_spec.PLUGIN_NODE_ATTRIBUTES.items()]
 
 
 def register_schema() -> None:

@@ -15,6 +15,11 @@ Attributes
     cls_rows int    c, the leading rows that attend densely (default 1)
 Output
     out      [B, H, N, d]
+TensorRT
+    The plugin is (OP_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE). Custom nodes carry the
+    string attributes ``plugin_namespace`` and ``plugin_version`` (PLUGIN_NODE_ATTRIBUTES):
+    TensorRT's ONNX parser reads them to find the plugin, and without them TensorRT-RTX
+    inlines the node's local function instead. They are not attributes of the op.
 Rows i < c: dense softmax attention. Row i >= c: s = coef[i - c] @ basis; keep the
 ``budget`` largest s_j (ties go to the lower key index j); softmax of scale * q_i . k_j
 over the kept j only, accumulated in fp32; weighted sum of the kept v_j.
@@ -28,6 +33,13 @@ OP_VERSION = 1
 # The name the torch.library custom op is registered under (namespace::name).
 TORCH_OP_NAMESPACE = "sparsifiner"
 TORCH_OP_NAME = "topk_masked_attention"
+
+# TensorRT plugin identity, and the node attributes that name it for the ONNX parser.
+PLUGIN_NAMESPACE = OP_DOMAIN
+PLUGIN_VERSION = str(OP_VERSION)
+ATTR_PLUGIN_NAMESPACE = "plugin_namespace"
+ATTR_PLUGIN_VERSION = "plugin_version"
+PLUGIN_NODE_ATTRIBUTES = {ATTR_PLUGIN_NAMESPACE: PLUGIN_NAMESPACE, ATTR_PLUGIN_VERSION: PLUGIN_VERSION}
 
 INPUT_NAMES = ("q", "k", "v", "coef", "basis")
 OUTPUT_NAMES = ("out",)

@@ -1,4 +1,4 @@
-"""Shared test setup: deterministic seeds, few threads, and the gpu marker's skip."""
+"""Shared test setup: deterministic seeds, few threads, the gpu marker's skip, the TensorRT plugin library."""
 import pytest
 import torch
 
@@ -19,3 +19,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def plugin_library():
+    """The TensorRT plugin library, built once for sm_86 only (the TensorRT-RTX tests' target;
+    one architecture keeps the nvcc build short) and cached by source hash."""
+    from pathlib import Path
+
+    from sparsifiner.errors import SparsifinerError
+    from sparsifiner.ops.cuda_binding import cuda_toolkit_home
+    from sparsifiner.runtime.plugin_build import PluginBuildSettings, build_plugin, find_tensorrt_headers
+
+    if cuda_toolkit_home() is None:
+        pytest.skip("no CUDA toolkit (nvcc) to build the TensorRT plugin; set CUDA_HOME")
+    try:
+        find_tensorrt_headers()
+    except SparsifinerError as exc:
+        pytest.skip(f"no TensorRT headers to build the plugin ({exc})")
+    return Path(build_plugin(PluginBuildSettings(archs=("86",)))["path"])

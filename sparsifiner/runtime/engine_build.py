@@ -1,178 +1,255 @@
-"""Build TensorRT engines from exported ONNX graphs (TensorRT or TensorRT-RTX).
+"""Build a TensorRT engine from an exported ONNX graph: ``sparsifiner build-engine``.
 
-``build_engine`` is written against the ``tensorrt`` API (``sparsifiner.runtime.trt_loader``
-picks TensorRT or TensorRT-RTX): Builder, network, OnnxParser, BuilderConfig, an
-optimization profile for a dynamic batch, ``build_serialized_network``. TensorRT-RTX
-builds ahead of time on a machine without a GPU when it is given the target compute
-capability.
+``build_engine_file(EngineBuildSettings(...))`` checks the request, builds the plugin
+library on demand (``runtime.plugin_build``), runs the build in a child process and writes
+the engine atomically with its JSON sidecar (``runtime.engine_file``). The child
+(``python -m sparsifiner.runtime.engine_build``) runs ``runtime.engine_network`` with the
+TensorRT-RTX loader fix on LD_LIBRARY_PATH (see ``runtime.trt_loader``): the ONNX parser
+may abort the process otherwise, and a crash in the builder becomes a one-line error
+instead of taking the caller down. The child reports progress as events on stderr, which
+the parent draws (one updating line on a terminal, phase lines otherwise).
 
-* Precision: RTX builds strongly typed networks only, so an fp16 engine comes from an
-  fp16 graph (``sparsifiner export --dtype fp16``); classic TensorRT uses the FP16 flag.
-* Plugins: because of the RTX loader quirk (see trt_loader), in-process builds refuse
-  graphs with nodes that need a plugin before parsing, and ``build_engine_isolated``
-  runs a build in a child process with the loader fix, turning a crash into a
-  SparsifinerError.
+Backends: TensorRT when installed, else TensorRT-RTX (``backend="auto"``), or either by
+name. TensorRT-RTX builds ahead of time without a GPU for a named compute capability;
+it has no sm90 target and its timing cache needs a GPU.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, TextIO
 
+from sparsifiner import op_spec
 from sparsifiner.errors import SparsifinerError
-from sparsifiner.runtime.trt_loader import (gpu_visible, import_tensorrt, is_rtx, loader_env, make_logger,
-                                             registered_plugins)
 
-# ONNX domains TensorRT's parser imports natively; any other node needs a plugin.
-_NATIVE_DOMAINS = ("", "ai.onnx")
-
-
-def plugin_nodes(onnx_model) -> list[str]:
-    """'domain::op_type' of nodes TensorRT cannot import natively (no local function)."""
-    local = {(f.domain, f.name) for f in onnx_model.functions}
-    found = []
-    for node in onnx_model.graph.node:
-        if node.domain not in _NATIVE_DOMAINS and (node.domain, node.op_type) not in local:
-            name = f"{node.domain}::{node.op_type}"
-            if name not in found:
-                found.append(name)
-    return found
+_EVENT = "@@sparsifiner-build "
+_PLUGIN_ERROR = "[sparsifiner plugin] error: "  # what topkMaskedAttentionPluginLibrary.cpp prints without a logger
+DEFAULT_BATCH = (1, 4, 8)
 
 
-def _set_compute_capability(trt, config, compute_capability: Optional[str]) -> None:
-    if not hasattr(trt, "ComputeCapability"):
-        if compute_capability not in (None, "current"):
-            raise SparsifinerError("compute_capability is a TensorRT-RTX option; classic TensorRT targets the local GPU")
-        return
-    if compute_capability is None:
-        if not gpu_visible():
-            raise SparsifinerError("no GPU is visible: pass compute_capability (e.g. 'sm86') to build ahead of time")
-        compute_capability = "current"
-    name = compute_capability.upper()
-    if name not in trt.ComputeCapability.__members__:
-        options = ", ".join(m.lower() for m in trt.ComputeCapability.__members__ if m != "NONE")
-        raise SparsifinerError(f"unknown compute capability {compute_capability!r}: use one of {options}")
-    config.num_compute_capabilities = 1
-    config.set_compute_capability(trt.ComputeCapability.__members__[name], 0)
+@dataclass(frozen=True)
+class EngineBuildSettings:
+    """What ``sparsifiner build-engine`` builds.
 
-
-def build_engine(onnx_path: Union[str, Path], *, fp16: bool = False, max_batch: int = 8,
-                 opt_batch: Optional[int] = None, compute_capability: Optional[str] = None,
-                 workspace_mib: Optional[int] = None, check_plugins: bool = True) -> bytes:
-    """Parse an ONNX file and build a serialized engine (in this process).
-
-    fp16: build an fp16 engine (classic TensorRT: the FP16 flag; TensorRT-RTX: the graph
-    must be an fp16 export). A dynamic batch gets one profile [1, opt_batch, max_batch].
-    compute_capability: TensorRT-RTX target such as "sm86" ("current" needs a GPU).
-    check_plugins: refuse, before parsing, nodes that need a plugin nobody registered
-    (the parser's plugin fallback is where the RTX loader quirk aborts); only an
-    isolated build with the loader fix should turn it off.
+    min_batch/opt_batch/max_batch: the optimization profile of a dynamic batch (default
+        1/4/8, opt clipped into range); a fixed-batch graph takes none.
+    workspace_mib: the builder's workspace pool limit; timing_cache: a file read before and
+        written after the build; optimization_level: 0-5 (TensorRT's default 3).
+    compute_capability: TensorRT-RTX target such as "sm86" (needed without a GPU).
+    plugin_library: the TopKMaskedAttention plugin (default: built on demand, cached).
+    use_plugin: False builds custom nodes from their local function (standard ops).
+    tf32: allow TF32 math in fp32 graphs (off: the engine computes in fp32 as the graph says).
     """
+
+    onnx_path: str
+    engine_path: Optional[str] = None
+    backend: str = "auto"
+    min_batch: Optional[int] = None
+    opt_batch: Optional[int] = None
+    max_batch: Optional[int] = None
+    workspace_mib: Optional[int] = None
+    timing_cache: Optional[str] = None
+    optimization_level: Optional[int] = None
+    compute_capability: Optional[str] = None
+    plugin_library: Optional[str] = None
+    use_plugin: bool = True
+    tf32: bool = False
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "trt", "rtx"):
+            raise SparsifinerError(f"--backend must be auto, trt or rtx; got {self.backend!r}")
+        for name in ("min_batch", "opt_batch", "max_batch", "workspace_mib"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SparsifinerError(f"--{name.replace('_batch', '').replace('_mib', '')} must be >= 1, got {value}")
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise SparsifinerError(f"--builder-optimization-level must be in 0..5, got {self.optimization_level}")
+        self.batch_range()
+
+    def batch_range(self) -> tuple:
+        low = self.min_batch or DEFAULT_BATCH[0]
+        high = self.max_batch or max(DEFAULT_BATCH[2], low)
+        opt = self.opt_batch or min(max(DEFAULT_BATCH[1], low), high)
+        if not low <= opt <= high:
+            raise SparsifinerError(f"the batch profile needs min <= opt <= max; got {low} / {opt} / {high}")
+        return low, opt, high
+
+    def destination(self) -> Path:
+        return Path(self.engine_path) if self.engine_path else Path(self.onnx_path).with_suffix(".engine")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ProgressDisplay:
+    """Draws the child's progress events: one updating line on a terminal, phase lines otherwise."""
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.phases: dict = {}
+        self.start = time.perf_counter()
+
+    def __call__(self, event: dict) -> None:
+        kind, phase = event["kind"], event.get("phase")
+        if kind == "note":
+            self._line(event["text"], final=True)
+        elif kind == "start":
+            self.phases[phase] = [0, event.get("steps") or 0]
+            if not self.tty and event.get("parent") in (None, "Building engine"):
+                self._line(str(phase), final=True)
+        elif kind == "step" and phase in self.phases:
+            self.phases[phase][0] = event["step"] + 1
+        elif kind == "finish":
+            self.phases.pop(phase, None)
+        if self.tty and kind in ("start", "step", "finish"):
+            path = " > ".join(f"{name} {done}/{steps}" for name, (done, steps) in self.phases.items())
+            self._line(path[-110:])
+
+    def _line(self, text: str, final: bool = False) -> None:
+        elapsed = f"[{time.perf_counter() - self.start:5.0f} s] "
+        if self.tty:
+            self.stream.write("\r\x1b[K" + elapsed + text + ("\n" if final else ""))
+        else:
+            self.stream.write(elapsed + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _check_request(settings: EngineBuildSettings) -> tuple:
+    """Checks that need no build: files, backend, target, timing cache. Returns (trt module, onnx model)."""
     import onnx
 
-    path = Path(onnx_path)
+    from sparsifiner.runtime.engine_network import check_nodes, resolve_target
+    from sparsifiner.runtime.trt_loader import gpu_visible, import_backend, is_rtx
+
+    path = Path(settings.onnx_path)
     if not path.is_file():
         raise SparsifinerError(f"ONNX file not found: {path}")
-    model = onnx.load(str(path), load_external_data=False)
-    trt = import_tensorrt()
-    registered = registered_plugins(trt)
-    needs_plugin = [name for name in plugin_nodes(model) if name.split("::")[-1] not in registered]
-    if needs_plugin and check_plugins:
-        raise SparsifinerError(
-            f"{path} has nodes without a TensorRT importer or local function ({', '.join(needs_plugin)}): "
-            "export with --attention decomposed, or keep the op's local function"
-        )
-    logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    if not is_rtx(trt) and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") \
-            and int(trt.__version__.split(".")[0]) < 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
-        raise SparsifinerError(f"TensorRT cannot parse {path.name}: {errors[0] if errors else 'unknown error'}")
-
-    config = builder.create_builder_config()
-    _set_compute_capability(trt, config, compute_capability)
-    if workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    if fp16:
-        if hasattr(trt.BuilderFlag, "FP16") and not is_rtx(trt):
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif any(t.dtype != trt.float16 for t in inputs):
-            raise SparsifinerError("TensorRT-RTX builds strongly typed networks: export the graph with --dtype fp16")
-    elif is_rtx(trt) and any(t.dtype == trt.float16 for t in inputs):
-        raise SparsifinerError("the graph is fp16: pass fp16=True (TensorRT-RTX keeps the graph's precision)")
-
-    dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for tensor in dynamic:
-            shape = list(tensor.shape)
-            if any(d < 0 for d in shape[1:]):
-                raise SparsifinerError(f"input {tensor.name} {shape}: only the batch dimension may be dynamic")
-            opt = opt_batch or max(1, max_batch // 2)
-            profile.set_shape(tensor.name, [1, *shape[1:]], [opt, *shape[1:]], [max_batch, *shape[1:]])
-        config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        detail = logger.errors[-1] if logger.errors else "no details"
-        raise SparsifinerError(f"TensorRT could not build an engine from {path.name}: {detail}")
-    return bytes(engine)
+    dest = settings.destination()
+    if dest.is_dir() or not dest.parent.is_dir():
+        raise SparsifinerError(f"cannot write the engine to {dest}: name a file in an existing folder")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise SparsifinerError(f"{path} is not a readable ONNX file (corrupt or truncated): export it again") from exc
+    trt = import_backend(settings.backend)
+    if settings.timing_cache and is_rtx(trt) and not gpu_visible():
+        raise SparsifinerError("--timing-cache needs a GPU with TensorRT-RTX (its timing cache queries the local GPU "
+                               "even in an ahead-of-time build): drop it on a CPU-only machine")
+    resolve_target(trt, settings.compute_capability)
+    check_nodes(model, path.name, settings.use_plugin)
+    return trt, model
 
 
-def build_engine_isolated(onnx_path: Union[str, Path], *, timeout: float = 600, **options) -> bytes:
-    """build_engine in a child process (with the loader fix); a crash becomes an error."""
-    with tempfile.TemporaryDirectory(prefix="sparsifiner-trt-") as tmp:
-        engine_path = Path(tmp) / "model.engine"
-        cmd = [sys.executable, "-m", "sparsifiner.runtime.engine_build", str(onnx_path), str(engine_path)]
-        for key, value in options.items():
-            if key == "check_plugins":
-                if not value:
-                    cmd.append("--no-check-plugins")
-            elif value is True:
-                cmd.append(f"--{key.replace('_', '-')}")
-            elif value not in (None, False):
-                cmd += [f"--{key.replace('_', '-')}", str(value)]
+def _plugin_library(settings: EngineBuildSettings, model, report) -> Optional[str]:
+    from sparsifiner.runtime.engine_network import custom_nodes
+
+    if not settings.use_plugin or not custom_nodes(model):
+        return None
+    if settings.plugin_library:
+        if not Path(settings.plugin_library).is_file():
+            raise SparsifinerError(f"plugin library not found: {settings.plugin_library}")
+        return str(Path(settings.plugin_library).resolve())
+    from sparsifiner.runtime.plugin_build import PluginBuildSettings, build_plugin
+
+    return build_plugin(PluginBuildSettings(), progress=lambda text: report({"kind": "note", "text": text}))["path"]
+
+
+def run_build(settings: EngineBuildSettings, plugin_library: Optional[str], report=None) -> tuple[bytes, dict]:
+    """The build in a child process; returns (engine bytes, build info); errors as SparsifinerError."""
+    from sparsifiner.runtime.trt_loader import loader_env
+
+    with tempfile.TemporaryDirectory(prefix="sparsifiner-build-") as tmp:
+        request = Path(tmp) / "request.json"
+        request.write_text(json.dumps({"settings": settings.to_dict(), "plugin_library": plugin_library,
+                                       "engine": str(Path(tmp) / "model.engine"), "result": str(Path(tmp) / "result.json")}))
+        child = subprocess.Popen([sys.executable, "-m", "sparsifiner.runtime.engine_build", str(request)],
+                                 env=loader_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        other: list = []
         try:
-            done = subprocess.run(cmd, env=loader_env(), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise SparsifinerError(f"the TensorRT build of {Path(onnx_path).name} took over {timeout:.0f} s") from exc
-        if done.returncode != 0:
-            lines = [l for l in done.stderr.strip().splitlines() if l.strip()]
-            why = lines[-1] if lines else "no output"
-            if done.returncode < 0:
-                why = f"the builder process crashed (signal {-done.returncode}): {why}"
-            raise SparsifinerError(why[len("error: "):] if why.startswith("error: ") else why)
-        return engine_path.read_bytes()
+            assert child.stderr is not None
+            for line in child.stderr:
+                if line.startswith(_EVENT):
+                    if report is not None:
+                        report(json.loads(line[len(_EVENT):]))
+                elif line.strip():
+                    other.append(line.strip())
+            child.wait()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        result_path = Path(tmp) / "result.json"
+        if not result_path.is_file():
+            why = other[-1] if other else "no output"
+            raise SparsifinerError(f"the TensorRT builder process crashed (exit {child.returncode}): {why}")
+        result = json.loads(result_path.read_text())
+        if "error" in result:
+            # The plugin's own message names the layer and the reason; TensorRT-RTX 1.7 hands the
+            # library no logger, so it arrives on the child's stderr.
+            ours = [l.split(_PLUGIN_ERROR, 1)[1] for l in other if _PLUGIN_ERROR in l]
+            what = result["error"]
+            raise SparsifinerError(f"{what.split(': ', 1)[0]}: {ours[0]}" if ours and ": " in what else what)
+        return (Path(tmp) / "model.engine").read_bytes(), result["info"]
+
+
+def build_engine_file(settings: EngineBuildSettings, display: Optional[ProgressDisplay] = None) -> dict:
+    """Check, build (in a child process), write engine + sidecar; returns the sidecar."""
+    from sparsifiner.runtime.engine_file import write_engine
+    from sparsifiner.runtime.plugin_build import file_sha256
+
+    start = time.perf_counter()
+    _, model = _check_request(settings)
+    try:
+        plugin = _plugin_library(settings, model, display or (lambda event: None))
+        engine, info = run_build(settings, plugin, display)
+    finally:
+        if display is not None:
+            display.close()
+    if info.get("plugin"):
+        info["plugin"]["sha256"] = file_sha256(info["plugin"]["library"])
+    meta = {p.key: p.value for p in model.metadata_props}
+    sidecar = dict(info, onnx={"path": str(Path(settings.onnx_path).resolve()), "sha256": file_sha256(settings.onnx_path),
+                               "attention": meta.get("sparsifiner.attention"),
+                               "dtype": meta.get("sparsifiner.dtype", "").strip('"') or None,
+                               "op": f"{op_spec.OP_DOMAIN}::{op_spec.OP_NAME}@{op_spec.OP_VERSION}"},
+                   settings=settings.to_dict(), seconds=round(time.perf_counter() - start, 2))
+    write_engine(settings.destination(), engine, sidecar)
+    from sparsifiner.runtime.engine_file import read_sidecar
+
+    return read_sidecar(settings.destination())
 
 
 def _main(argv=None) -> int:
-    import argparse
+    """Child process: build per the request file, write engine and result JSON."""
+    from sparsifiner.runtime.engine_network import build_serialized_engine
 
-    parser = argparse.ArgumentParser(prog="python -m sparsifiner.runtime.engine_build", description="Build a TensorRT engine.")
-    parser.add_argument("onnx")
-    parser.add_argument("engine")
-    parser.add_argument("--fp16", action="store_true")
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--opt-batch", type=int, default=None)
-    parser.add_argument("--compute-capability", default=None)
-    parser.add_argument("--workspace-mib", type=int, default=None)
-    parser.add_argument("--no-check-plugins", dest="check_plugins", action="store_false")
-    args = parser.parse_args(argv)
+    request = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    settings = EngineBuildSettings(**request["settings"])
+
+    def events(kind, **fields):
+        sys.stderr.write(_EVENT + json.dumps({"kind": kind, **fields}) + "\n")
+        sys.stderr.flush()
+
     try:
-        engine = build_engine(args.onnx, fp16=args.fp16, max_batch=args.max_batch, opt_batch=args.opt_batch,
-                              compute_capability=args.compute_capability, workspace_mib=args.workspace_mib,
-                              check_plugins=args.check_plugins)
+        engine, info = build_serialized_engine(settings, request["plugin_library"], events)
     except SparsifinerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        Path(request["result"]).write_text(json.dumps({"error": str(exc)}))
         return 2
-    Path(args.engine).write_bytes(engine)
+    Path(request["engine"]).write_bytes(engine)
+    Path(request["result"]).write_text(json.dumps({"info": info}))
     return 0
 
 

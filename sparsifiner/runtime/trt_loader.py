@@ -1,7 +1,9 @@
 """Load TensorRT or TensorRT-RTX (the same Python API) and the pieces every engine tool needs.
 
 ``import_tensorrt()`` returns the real ``tensorrt`` module when installed, else
-``tensorrt_rtx_bindings``. Loader quirk of the TensorRT-RTX wheels: the ONNX parser
+``tensorrt_rtx_bindings``; ``import_backend("auto"|"trt"|"rtx")`` picks one explicitly.
+``load_plugin_library`` registers a plugin library and finds a creator by name, version
+and namespace, with a diagnostic naming all three and the library searched. Loader quirk of the TensorRT-RTX wheels: the ONNX parser
 dlopen()s ``libtensorrt_rtx.so`` (to reach the plugin registry for nodes it does not
 know), but the wheel ships only ``libtensorrt_rtx.so.1``; when that dlopen fails the
 process aborts. We keep an unversioned symlink in a user cache folder
@@ -36,6 +38,51 @@ def import_tensorrt():
     except ImportError as exc:
         raise SparsifinerError("TensorRT is not installed: pip install 'sparsifiner[rtx]' (TensorRT-RTX) "
                                "or 'sparsifiner[trt]'") from exc
+
+
+BACKENDS = {"trt": "tensorrt", "rtx": RTX_MODULE}
+
+
+def import_backend(backend: str = "auto"):
+    """The module of a backend: "trt" (TensorRT), "rtx" (TensorRT-RTX) or "auto" (TensorRT if installed)."""
+    if backend == "auto":
+        return import_tensorrt()
+    if backend not in BACKENDS:
+        raise SparsifinerError(f"--backend must be auto, trt or rtx; got {backend!r}")
+    if backend == "rtx":
+        ensure_rtx_library_link()
+    try:
+        return importlib.import_module(BACKENDS[backend])
+    except ImportError as exc:
+        extra = "rtx" if backend == "rtx" else "trt"
+        raise SparsifinerError(f"--backend {backend}: {BACKENDS[backend]} is not installed "
+                               f"(pip install 'sparsifiner[{extra}]')") from exc
+
+
+def backend_name(trt) -> str:
+    """"tensorrt_rtx" or "tensorrt": the name engines and sidecars record."""
+    return "tensorrt_rtx" if is_rtx(trt) else "tensorrt"
+
+
+def load_plugin_library(trt, path, name: str, version: str, namespace: str):
+    """Load a plugin library into the registry and return the creator (name, version, namespace)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparsifinerError(f"plugin library not found: {path}")
+    registry = trt.get_plugin_registry()
+    creator = registry.get_creator(name, version, namespace)
+    if creator is None:
+        try:
+            registry.load_library(str(path))
+        except Exception as exc:  # noqa: BLE001 - the bindings raise plain RuntimeError/TypeError
+            raise SparsifinerError(f"TensorRT cannot load the plugin library {path}: {exc}") from exc
+        creator = registry.get_creator(name, version, namespace)
+    if creator is None:
+        found = sorted(f"{c.name} v{c.plugin_version} ({c.plugin_namespace or 'no namespace'})"
+                       for c in registry.all_creators if getattr(c, "name", "") == name)
+        raise SparsifinerError(f"plugin not found: {name} version {version} namespace '{namespace}' in {path}"
+                               + (f" (it has {', '.join(found)})" if found else ""))
+    return creator
 
 
 def tensorrt_available() -> bool:
@@ -100,15 +147,17 @@ def loader_env(env: Optional[dict] = None) -> dict:
 
 def make_logger(trt):
     class _Logger(trt.ILogger):
-        """Keeps error messages for the exception; prints nothing below errors."""
+        """Keeps error messages for the exception (and every message, for build logs); prints nothing."""
 
         def __init__(self):
             trt.ILogger.__init__(self)
             self.errors: list = []
+            self.messages: list = []
 
         def log(self, severity, msg):
             if severity <= trt.ILogger.Severity.ERROR:
                 self.errors.append(str(msg))
+            self.messages.append(str(msg))
 
     return _Logger()
 

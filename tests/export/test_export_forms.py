@@ -87,7 +87,9 @@ def test_exported_node_carries_op_spec_names(exported):
     node = next(n for n in proto.graph.node if n.op_type == op_spec.OP_NAME)
     assert node.domain == op_spec.OP_DOMAIN
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    assert set(attrs) == set(op_spec.ATTRIBUTE_NAMES)
+    assert set(attrs) == set(op_spec.ATTRIBUTE_NAMES) | set(op_spec.PLUGIN_NODE_ATTRIBUTES)
+    # TensorRT's parser finds the plugin through these two (TensorRT-RTX inlines the function without them).
+    assert attrs[op_spec.ATTR_PLUGIN_NAMESPACE] == b"sparsifiner" and attrs[op_spec.ATTR_PLUGIN_VERSION] == b"1"
     assert attrs[op_spec.ATTR_BUDGET] == 49  # ceil(0.25 * 196 patches)
     assert attrs[op_spec.ATTR_SCALE] == pytest.approx(64 ** -0.5)
     assert attrs[op_spec.ATTR_CLS_ROWS] == 1

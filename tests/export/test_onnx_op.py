@@ -106,5 +106,6 @@ def test_function_and_schema_follow_op_spec():
     schema = onnx_op.op_schema()
     assert (schema.domain, schema.name, schema.since_version) == (op_spec.OP_DOMAIN, op_spec.OP_NAME, op_spec.OP_VERSION)
     assert [i.name for i in schema.inputs] == list(op_spec.INPUT_NAMES)
-    assert set(schema.attributes) == set(op_spec.ATTRIBUTE_NAMES)
+    assert set(schema.attributes) == set(op_spec.ATTRIBUTE_NAMES) | set(op_spec.PLUGIN_NODE_ATTRIBUTES)
+    assert schema.attributes[op_spec.ATTR_PLUGIN_NAMESPACE].default_value.s == op_spec.PLUGIN_NAMESPACE.encode()
     assert schema.attributes[op_spec.ATTR_CLS_ROWS].default_value.i == op_spec.DEFAULT_CLS_ROWS
