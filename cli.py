@@ -51,8 +51,23 @@ OPTIONS = {
     "device": click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: the local GPU if any)."),
     "threads": click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)."),
     "json": click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+    # validation
+    "inputs": click.option("--inputs", default="random", show_default=True,
+                           help="'random', 'demo' (the digits validation split), or a folder of images."),
+    "num_batches": click.option("--num-batches", type=int, default=2, show_default=True,
+                                help="Batches of random or demo inputs."),
+    "input_seed": click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
+    "ort_op": click.option("--ort-op", type=click.Choice(["function", "extensions"]), default="function",
+                           show_default=True,
+                           help="How ONNX Runtime runs TopKMaskedAttention: the graph's local function, or the op "
+                                "itself (an onnxruntime-extensions Python op running the PyTorch reference)."),
+    "atol": click.option("--atol", type=float, default=None,
+                         help="Absolute tolerance. [default: 1e-4 fp32, 2e-2 fp16, 6e-2 bf16]"),
+    "rtol": click.option("--rtol", type=float, default=None,
+                         help="Relative tolerance. [default: 1e-3 fp32, 2e-2 fp16, 6e-2 bf16]"),
 }
 SETTINGS_OPTIONS = ("keep_rate", "budget", "n_down", "basis_threshold", "coef_prune")
+VALIDATE_OPTIONS = ("inputs", "num_batches", "input_seed", "ort_op", "atol", "rtol")
 SOURCE_OPTIONS = ("checkpoint", "model", "pretrained", "img_size", "seed")
 
 
@@ -357,31 +372,49 @@ def export(onnx_path, checkpoint, model_name, pretrained, img_size, seed, attent
 
 
 @cli.command()
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The exported .onnx file.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+              help="The exported .onnx file, run in ONNX Runtime (with --engine: the engine's ONNX file, "
+                   "default the one its sidecar records).")
+@click.option("--engine", "engine_path", type=click.Path(dir_okay=False), default=None,
+              help="A TensorRT engine written by build-engine, run on the GPU (also against ONNX Runtime).")
+@click.option("--plugin-lib", type=click.Path(dir_okay=False), default=None,
+              help="With --engine: the plugin library. [default: the one its sidecar records]")
 @options(*SOURCE_OPTIONS, *SETTINGS_OPTIONS)
-@click.option("--inputs", default="random", show_default=True,
-              help="'random', 'demo' (the digits validation split), or a folder of images.")
-@click.option("--batch", type=int, default=None, help="Batch size (default: the graph's fixed size, else 4).")
-@click.option("--num-batches", type=int, default=2, show_default=True, help="Batches of random or demo inputs.")
-@click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--ort-op", type=click.Choice(["function", "extensions"]), default="function", show_default=True,
-              help="How ONNX Runtime runs TopKMaskedAttention: the graph's local function, or the op itself "
-                   "(an onnxruntime-extensions Python op running the PyTorch reference).")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance. [default: 1e-4 fp32, 2e-2 fp16]")
-@click.option("--rtol", type=float, default=None, help="Relative tolerance. [default: 1e-3 fp32, 2e-2 fp16]")
-@options("json")
+@click.option("--batch", type=int, default=None,
+              help="Batch size (default: the graph's fixed size, else 4; engines: within the profile).")
+@options(*VALIDATE_OPTIONS, "json")
 @click.pass_context
-def validate(ctx, onnx_path, checkpoint, model_name, pretrained, img_size, seed, inputs, batch, num_batches,
-             input_seed, ort_op, atol, rtol, as_json, **flags):
-    """Compare an exported graph in ONNX Runtime with PyTorch; exit status 1 when outside tolerance.
-    The PyTorch model is the export's own (from the file's metadata) unless --checkpoint or --model is given."""
-    from sparsifiner.runtime.validate import ValidateSettings, format_report, source_for_validation, validate_onnx
+def validate(ctx, onnx_path, engine_path, plugin_lib, checkpoint, model_name, pretrained, img_size, seed, batch,
+             inputs, num_batches, input_seed, ort_op, atol, rtol, as_json, **flags):
+    """Compare an exported graph (ONNX Runtime) or an engine (TensorRT) with PyTorch: error quantiles,
+    top-1 agreement, selected keys; exit status 1 when outside tolerance. The PyTorch model is the
+    export's own (from the file's metadata) unless --checkpoint or --model is given."""
+    from sparsifiner.runtime.validate import source_for_validation
 
-    source = source_for_validation(onnx_path, checkpoint=checkpoint, model_name=model_name, pretrained=bool(pretrained),
-                                   seed=seed, img_size=img_size, settings={k: v for k, v in flags.items() if v is not None})
-    report = validate_onnx(ValidateSettings(onnx_path=onnx_path, source=source, inputs=inputs, batch=batch,
-                                            num_batches=num_batches, seed=input_seed, ort_op=ort_op, atol=atol, rtol=rtol))
-    emit(report, as_json, format_report(report))
+    if onnx_path is None and engine_path is None:
+        raise SparsifinerError("give --onnx FILE (ONNX Runtime) or --engine FILE (TensorRT, on a GPU)")
+    settings = {k: v for k, v in flags.items() if v is not None}
+    common = dict(inputs=inputs, batch=batch, num_batches=num_batches, seed=input_seed, ort_op=ort_op, atol=atol,
+                  rtol=rtol)
+    if engine_path is None:
+        from sparsifiner.runtime.validate import ValidateSettings, format_report, validate_onnx
+
+        source = source_for_validation(onnx_path, checkpoint=checkpoint, model_name=model_name,
+                                       pretrained=bool(pretrained), seed=seed, img_size=img_size, settings=settings)
+        report = validate_onnx(ValidateSettings(onnx_path=onnx_path, source=source, **common))
+        emit(report, as_json, format_report(report))
+    else:
+        from sparsifiner.runtime.engine_validate import (EngineValidateSettings, engine_onnx_path,
+                                                         format_engine_report, validate_engine)
+
+        source = None
+        if checkpoint or model_name or settings or pretrained or seed is not None or img_size is not None:
+            source = source_for_validation(engine_onnx_path(engine_path, onnx_path), checkpoint=checkpoint,
+                                           model_name=model_name, pretrained=bool(pretrained), seed=seed,
+                                           img_size=img_size, settings=settings)
+        report = validate_engine(EngineValidateSettings(engine_path=engine_path, onnx_path=onnx_path,
+                                                        plugin_library=plugin_lib, source=source, **common))
+        emit(report, as_json, format_engine_report(report))
     if not report["passed"]:
         ctx.exit(1)
 
@@ -440,46 +473,6 @@ def build_engine_command(onnx_path, engine_path, backend, min_batch, opt_batch, 
         use_plugin=not no_plugin, tf32=tf32, progress=progress)
     sidecar = build_engine_file(settings, ProgressDisplay() if progress else None)
     emit(sidecar, as_json, format_sidecar(sidecar))
-
-
-@cli.command("validate-engine")
-@click.option("--engine", "engine_path", required=True, type=click.Path(dir_okay=False),
-              help="An engine written by build-engine.")
-@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
-              help="Its ONNX file. [default: the one its sidecar records]")
-@click.option("--plugin-lib", type=click.Path(dir_okay=False), default=None,
-              help="The plugin library. [default: the one its sidecar records]")
-@options(*SOURCE_OPTIONS, *SETTINGS_OPTIONS)
-@click.option("--inputs", default="random", show_default=True,
-              help="'random', 'demo' (the digits validation split), or a folder of images.")
-@click.option("--batch", type=int, default=None, help="Batch size (default: 4, within the engine's profile).")
-@click.option("--num-batches", type=int, default=2, show_default=True, help="Batches of random or demo inputs.")
-@click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--ort-op", type=click.Choice(["function", "extensions"]), default="function", show_default=True,
-              help="How ONNX Runtime runs TopKMaskedAttention (as in validate).")
-@click.option("--atol", type=float, default=None, help="Absolute tolerance. [default: 1e-4 fp32, 2e-2 fp16, 6e-2 bf16]")
-@click.option("--rtol", type=float, default=None, help="Relative tolerance. [default: 1e-3 fp32, 2e-2 fp16, 6e-2 bf16]")
-@options("json")
-@click.pass_context
-def validate_engine_command(ctx, engine_path, onnx_path, plugin_lib, checkpoint, model_name, pretrained, img_size, seed,
-                            inputs, batch, num_batches, input_seed, ort_op, atol, rtol, as_json, **flags):
-    """Run an engine on the GPU against PyTorch and ONNX Runtime (as validate does); exit 1 when outside tolerance."""
-    from sparsifiner.runtime.engine_validate import (EngineValidateSettings, engine_onnx_path, format_engine_report,
-                                                     validate_engine)
-    from sparsifiner.runtime.validate import source_for_validation
-
-    given = {k: v for k, v in flags.items() if v is not None}
-    source = None
-    if checkpoint or model_name or given or pretrained or seed is not None or img_size is not None:
-        source = source_for_validation(engine_onnx_path(engine_path, onnx_path), checkpoint=checkpoint,
-                                       model_name=model_name, pretrained=bool(pretrained), seed=seed, img_size=img_size,
-                                       settings=given)
-    report = validate_engine(EngineValidateSettings(
-        engine_path=engine_path, onnx_path=onnx_path, plugin_library=plugin_lib, source=source, inputs=inputs,
-        batch=batch, num_batches=num_batches, seed=input_seed, ort_op=ort_op, atol=atol, rtol=rtol))
-    emit(report, as_json, format_engine_report(report))
-    if not report["passed"]:
-        ctx.exit(1)
 
 
 def main() -> None:

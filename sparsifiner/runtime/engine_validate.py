@@ -27,7 +27,7 @@ BF16_TOLERANCES = (6e-2, 6e-2)
 
 @dataclass(frozen=True)
 class EngineValidateSettings:
-    """What ``sparsifiner validate-engine`` compares (the validate --onnx options, plus the engine).
+    """What ``sparsifiner validate --engine`` compares (the validate --onnx options, plus the engine).
 
     onnx_path: default the ONNX file recorded in the engine's sidecar.
     plugin_library: default the library recorded in the sidecar.
@@ -112,7 +112,7 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
     if len(tuple(preprocess.get("input_size") or ())) != 3:
         raise SparsifinerError(f"{onnx_path} lacks preprocess.input_size metadata: export it again")
     if not torch.cuda.is_available():
-        raise SparsifinerError("validate-engine runs the engine on a CUDA GPU and none is visible; the engine file, "
+        raise SparsifinerError("validate --engine runs the engine on a CUDA GPU and none is visible; the engine file, "
                                "its sidecar and plugin library check out")
     feeds = build_feeds(settings.inputs, preprocess, batch, settings.num_batches, settings.seed)
     source = settings.source or ModelSource.from_dict(info["source"])

@@ -90,7 +90,7 @@ class TrtRunner:
         self.sidecar = checked.sidecar
         if not torch.cuda.is_available():
             raise SparsifinerError("running a TensorRT engine needs a CUDA GPU and torch sees none: "
-                                   "run validate-engine on the GPU machine")
+                                   "run validate --engine on the GPU machine")
         trt = engine_backend(self.sidecar)
         if library is not None:
             plugin = self.sidecar["plugin"]

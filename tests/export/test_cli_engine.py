@@ -1,7 +1,7 @@
-"""`sparsifiner build-plugin`, `build-engine` and `validate-engine` through click's CliRunner.
+"""`sparsifiner build-plugin`, `build-engine` and `validate --engine` through click's CliRunner.
 
 Bad input gives one line starting with "error:", exit status 2, and nothing on disk.
-Without a GPU, validate-engine checks the engine file (TensorRT header, sha256 against
+Without a GPU, validate --engine checks the engine file (TensorRT header, sha256 against
 its sidecar, backend and version, plugin library) and then says a GPU is needed.
 """
 import json
@@ -175,19 +175,19 @@ def test_validate_engine_refuses_bad_engines(run, demo_engine, tmp_path, case):
         other = tmp_path / "other.so"
         other.write_bytes(b"\x7fELF not the plugin")
         extra = ["--plugin-lib", other]
-    one_line_error(run("validate-engine", "--engine", target, *extra), *fragments)
+    one_line_error(run("validate", "--engine", target, *extra), *fragments)
 
 
 @needs_trt
 @needs_cpu_only
 def test_validate_engine_without_a_gpu(run, demo_engine):
-    one_line_error(run("validate-engine", "--engine", demo_engine[0]), "on a CUDA GPU and none is visible")
+    one_line_error(run("validate", "--engine", demo_engine[0]), "on a CUDA GPU and none is visible")
 
 
 @pytest.mark.gpu
 @needs_trt
 def test_build_and_validate_engine_on_the_gpu(run, exported, tmp_path):
-    """On a GPU: build-engine for the local GPU (plugin built on demand), then validate-engine against
+    """On a GPU: build-engine for the local GPU (plugin built on demand), then validate --engine against
     PyTorch and ONNX Runtime on the demo digits."""
     import torch
 
@@ -197,7 +197,7 @@ def test_build_and_validate_engine_on_the_gpu(run, exported, tmp_path):
     built = run("build-engine", exported("demo", "custom")[0], "-o", engine, "--no-progress", "--json")
     assert built.exit_code == 0, built.output
     assert len(json.loads(built.output)["layers"]["plugin"]) == 6
-    result = run("validate-engine", "--engine", engine, "--inputs", "demo", "--batch", 8, "--json")
+    result = run("validate", "--engine", engine, "--inputs", "demo", "--batch", 8, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["passed"] and report["comparisons"]["tensorrt"][0]["top1"] == 1.0
