@@ -23,6 +23,19 @@ TensorRT
 Rows i < c: dense softmax attention. Row i >= c: s = coef[i - c] @ basis; keep the
 ``budget`` largest s_j (ties go to the lower key index j); softmax of scale * q_i . k_j
 over the kept j only, accumulated in fp32; weighted sum of the kept v_j.
+Exact scores (the precondition every implementation may rely on for agreement)
+    Models with ``exact_scores`` (the default; ``sparsifiner.ops.grid``) feed the op
+    coef in {k * 2^-10 : k integer, 0 <= k <= 2^10}, each row's k summing to at most
+    2^10 + R/2, in fp32 or fp16; and, for every key column j, basis[:, j] = m_rj * 2^e_j
+    with integers |m_rj| <= 127 and e_j >= -24. Every product and partial sum of a score
+    is then exactly representable in fp32, so s is bit-identical in any summation order,
+    with or without FMA, and with fp16 or TF32 products accumulated in fp32 (not bf16:
+    it cannot hold the coef grid); the selected keys are identical across implementations.
+    The rounding happens on the model side, before the op: the basis is quantised when
+    it is pruned (a constant of the graph) and coef is rounded half to even in the
+    forward pass (the exported graph carries it as Mul, Round, Mul). Implementations
+    must stay correct and crash-free on inputs off the grid (``exact_scores=False``,
+    the authors' float behaviour), where near-ties may resolve differently.
 """
 from dataclasses import dataclass
 from typing import Optional, Union
