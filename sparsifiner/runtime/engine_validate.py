@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sparsifiner.errors import SparsifinerError
+from sparsifiner.runtime.validate import check_comparison_options
 
 # bf16 keeps 8 mantissa bits (fp16: 11): the looser default for bf16 engines.
 BF16_TOLERANCES = (6e-2, 6e-2)
@@ -47,14 +48,7 @@ class EngineValidateSettings:
     rtol: Optional[float] = None
 
     def __post_init__(self):
-        if self.batch is not None and self.batch < 1:
-            raise SparsifinerError(f"--batch must be >= 1, got {self.batch}")
-        if self.num_batches < 1:
-            raise SparsifinerError(f"--num-batches must be >= 1, got {self.num_batches}")
-        for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise SparsifinerError(f"--{name} must be >= 0, got {value}")
+        check_comparison_options(self)
 
 
 def engine_onnx_path(engine_path, onnx_path: Optional[str] = None) -> str:

@@ -47,14 +47,19 @@ class ValidateSettings:
     rtol: Optional[float] = None
 
     def __post_init__(self):
-        if self.batch is not None and self.batch < 1:
-            raise SparsifinerError(f"--batch must be >= 1, got {self.batch}")
-        if self.num_batches < 1:
-            raise SparsifinerError(f"--num-batches must be >= 1, got {self.num_batches}")
-        for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise SparsifinerError(f"--{name} must be >= 0, got {value}")
+        check_comparison_options(self)
+
+
+def check_comparison_options(settings) -> None:
+    """The checks every validation's settings share (batch, num_batches, atol, rtol)."""
+    if settings.batch is not None and settings.batch < 1:
+        raise SparsifinerError(f"--batch must be >= 1, got {settings.batch}")
+    if settings.num_batches < 1:
+        raise SparsifinerError(f"--num-batches must be >= 1, got {settings.num_batches}")
+    for name in ("atol", "rtol"):
+        value = getattr(settings, name)
+        if value is not None and not value >= 0:
+            raise SparsifinerError(f"--{name} must be >= 0, got {value}")
 
 
 def source_for_validation(onnx_path, *, checkpoint: Optional[str] = None, model_name: Optional[str] = None,
