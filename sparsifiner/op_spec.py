@@ -14,7 +14,7 @@ Attributes
     scale    float  logit scale, usually d ** -0.5
     cls_rows int    c, the leading rows that attend densely (default 1)
 Output
-    out      [B, H, N, d]
+    out      [B, H, N, d]   T; in torch a new contiguous tensor whatever the inputs' strides
 Rows i < c: dense softmax attention. Row i >= c: s = coef[i - c] @ basis; keep the
 ``budget`` largest s_j (ties go to the lower key index j); softmax of scale * q_i . k_j
 over the kept j only, accumulated in fp32; weighted sum of the kept v_j.
