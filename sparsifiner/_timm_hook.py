@@ -6,10 +6,11 @@ the two packages was imported first. ``install()`` (called by ``sparsifiner/__in
 therefore does one of two things:
 
 * timm is already imported: register now (torch and timm are loaded anyway);
-* otherwise: add a one-shot finder at the front of ``sys.meta_path`` that, when ``timm``
-  itself is imported, lets the normal machinery find and execute it and then registers
-  the models, before ``import timm`` returns. The finder removes itself on first use, so
-  it costs nothing afterwards, and it never imports timm on its own.
+* otherwise: add a finder at the front of ``sys.meta_path`` that, when ``timm`` itself is
+  imported, lets the normal machinery find and execute it and then registers the models,
+  before ``import timm`` returns. The finder removes itself once timm has run (a bare
+  ``importlib.util.find_spec("timm")``, as availability checks do, leaves it in place),
+  so it costs nothing afterwards, and it never imports timm on its own.
 
 The alternative, asking users to ``import sparsifiner.model.timm_models`` (which also
 works and is what the hook runs), is the kind of step people forget; timm offers no
@@ -40,14 +41,18 @@ def register_now() -> None:
 class _RegisteringLoader(importlib.abc.Loader):
     """timm's own loader; registers the Sparsifiner models once timm's ``__init__`` has run."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self._loader = loader
+        self._finder = finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
+        with _lock:
+            if self._finder in sys.meta_path:
+                sys.meta_path.remove(self._finder)
         register_now()
 
     def __getattr__(self, name):  # get_data, get_resource_reader, is_package, ...
@@ -55,20 +60,19 @@ class _RegisteringLoader(importlib.abc.Loader):
 
 
 class _TimmFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of the real ``timm`` spec, once."""
+    """Finds nothing itself: wraps the loader of the real ``timm`` spec."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "timm":
             return None
-        with _lock:
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-        for finder in list(sys.meta_path):  # the finders after this one: path, editable installs, ...
+        for finder in list(sys.meta_path):  # the other finders: path, editable installs, ...
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _RegisteringLoader(spec.loader)
+                    spec.loader = _RegisteringLoader(spec.loader, self)
                 return spec
         return None
 
