@@ -14,7 +14,7 @@ Attributes
     scale    float  logit scale, usually d ** -0.5
     cls_rows int    c, the leading rows that attend densely (default 1)
 Output
-    out      [B, H, N, d]
+    out      [B, H, N, d]   T; in torch a new contiguous tensor whatever the inputs' strides
 TensorRT
     The plugin is (OP_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE). Custom nodes carry the
     string attributes ``plugin_namespace`` and ``plugin_version`` (PLUGIN_NODE_ATTRIBUTES):

@@ -199,5 +199,5 @@ def load_checkpoint(path, mode: Optional[str] = "sparse") -> tuple[nn.Module, st
     if info is None:
         raise SparsifinerError(f"{path} has no description: pass a checkpoint written by sparsifiner train")
     if info.get("format") == DENSE_FORMAT:
-        return dense_model(info["arch"], read_weights(path)[1], str(path)).eval(), "dense"
+        return dense_model(info["arch"], read_weights(path), str(path)).eval(), "dense"
     return load_sparsifiner(path, mode=mode), "sparsifiner"

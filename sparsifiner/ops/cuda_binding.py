@@ -144,6 +144,8 @@ def _register_cuda_impl(module) -> None:
     from sparsifiner.ops.custom_op import topk_masked_attention_op
 
     def cuda_impl(q, k, v, coef, basis, budget, scale, cls_rows):
+        # The binding allocates the output like its contiguous copy of q: a new contiguous
+        # tensor in q's dtype, the layout the op's fake implementation promises to compile.
         return module.forward(q, k, v, coef, basis, budget, scale, cls_rows, ALGORITHMS["auto"])
 
     topk_masked_attention_op.register_extensions_op("cuda")(cuda_impl)

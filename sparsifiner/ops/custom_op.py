@@ -5,16 +5,29 @@ CUDA kernel (``sparsifiner.ops.cuda_binding``) registers a faster CUDA implement
 it is loaded. A fake (meta) implementation lets torch.export and torch.compile trace
 the op without running it; the ONNX exporter maps it to the TopKMaskedAttention node.
 
-The op is opaque to autograd. ``topk_masked_attention`` therefore routes calls that
-need gradients to the differentiable reference composite, and inference, export and
-compile to the op.
+Layout: every implementation returns a new contiguous [B, H, N, d] tensor in q's dtype
+on q's device, whatever the strides of q, k and v (timm's q, k, v are strided views of
+one qkv tensor). The fake returns exactly that, so inductor's stride asserts hold.
+
+Autograd: the op is differentiable in q, k and v (never in coef and basis, which only
+select keys). The backward recomputes the key mask and the fp32 probabilities from the
+saved inputs (flash-attention style: nothing [N, N] is kept between the passes) and
+applies the softmax-attention gradient in fp32. torch.compile and torch.export trace
+the op and this formula, so a compiled phase-2 step trains through it. Eager calls that
+need gradients run the reference composite directly (the spec), as before.
 """
 from __future__ import annotations
 
 import torch
 
 from sparsifiner import op_spec
-from sparsifiner.ops.reference import check_inputs, topk_masked_attention_reference
+from sparsifiner.ops.reference import (
+    attention_logits,
+    check_inputs,
+    masked_softmax,
+    topk_full_mask,
+    topk_masked_attention_reference,
+)
 
 QUALNAME = f"{op_spec.TORCH_OP_NAMESPACE}::{op_spec.TORCH_OP_NAME}"
 
@@ -36,7 +49,31 @@ def topk_masked_attention_op(
 
 @topk_masked_attention_op.register_fake
 def _(q, k, v, coef, basis, budget, scale, cls_rows):
-    return torch.empty_like(q)
+    # new_empty: contiguous, q's dtype and device (empty_like would copy q's strides).
+    return q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, coef, basis, budget, scale, cls_rows = inputs
+    ctx.save_for_backward(q, k, v, coef, basis)
+    ctx.budget, ctx.scale, ctx.cls_rows = budget, scale, cls_rows
+
+
+def _backward(ctx, grad_out):
+    q, k, v, coef, basis = ctx.saved_tensors
+    mask = topk_full_mask(coef, basis, ctx.budget, ctx.cls_rows)
+    probs = masked_softmax(attention_logits(q, k, ctx.scale), mask)  # P, fp32, zero off the mask
+    grad = grad_out.float()
+    grad_v = torch.matmul(probs.transpose(-1, -2), grad)
+    grad_probs = torch.matmul(grad, v.float().transpose(-1, -2))
+    # Softmax backward restricted to the kept keys: P is 0 elsewhere (and on empty rows).
+    grad_logits = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True)) * ctx.scale
+    grad_q = torch.matmul(grad_logits, k.float())
+    grad_k = torch.matmul(grad_logits.transpose(-1, -2), q.float())
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None
+
+
+topk_masked_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _exporting() -> bool:
@@ -56,14 +93,16 @@ def topk_masked_attention(
 ) -> torch.Tensor:
     """Budgeted sparse attention (see sparsifiner.op_spec for the contract).
 
-    Differentiable in q, k and v when gradients are needed; otherwise the registered
-    op runs (the CUDA kernel on GPU once loaded, else the reference).
+    Differentiable in q, k and v. Eager calls that need gradients run the reference
+    composite; inference, export and compile run the registered op (the CUDA kernel on
+    GPU once loaded, else the reference), whose autograd formula serves compiled training.
     """
     # The mask carries no gradient (METHOD.md section 2.8): coef and basis only select keys.
     coef, basis = coef.detach(), basis.detach()
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if needs_grad and not _exporting():
+    if _exporting():
+        return torch.ops.sparsifiner.topk_masked_attention(q, k, v, coef, basis, int(budget), float(scale),
+                                                           int(cls_rows))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return topk_masked_attention_reference(q, k, v, coef, basis, budget, scale, cls_rows)
-    if not _exporting():
-        check_inputs(q, k, v, coef, basis, budget, cls_rows)
+    check_inputs(q, k, v, coef, basis, budget, cls_rows)
     return torch.ops.sparsifiner.topk_masked_attention(q, k, v, coef, basis, int(budget), float(scale), int(cls_rows))

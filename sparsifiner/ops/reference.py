@@ -61,11 +61,21 @@ def masked_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """softmax(scale * q k^T, masked) v in fp32, cast back to q's dtype. mask: [B, H, N, N]."""
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    probs = masked_softmax(logits, mask)
+    probs = masked_softmax(attention_logits(q, k, scale), mask)
     if dropout_p > 0:
         probs = torch.nn.functional.dropout(probs, p=dropout_p)
     return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * q k^T in fp32: [B, H, N, d] x [B, H, N, d] -> [B, H, N, N]."""
+    return torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+
+
+def topk_full_mask(coef: torch.Tensor, basis: torch.Tensor, budget: int, cls_rows: int) -> torch.Tensor:
+    """The op's [B, H, N, N] key mask: dense CLS rows, top-``budget`` keys of coef @ basis elsewhere."""
+    with torch.no_grad():
+        return full_mask(topk_mask(connectivity_scores(coef, basis), budget), cls_rows)
 
 
 def check_inputs(q, k, v, coef, basis, budget: int, cls_rows: int) -> None:
@@ -96,8 +106,12 @@ def topk_masked_attention_reference(
     scale: float,
     cls_rows: int = 1,
 ) -> torch.Tensor:
-    """TopKMaskedAttention as the op contract (sparsifiner.op_spec) defines it."""
+    """TopKMaskedAttention as the op contract (sparsifiner.op_spec) defines it.
+
+    The output is a new contiguous [B, H, N, d] tensor in q's dtype whatever the
+    inputs' strides: every implementation (this one, the CUDA kernel, the fake
+    implementation that torch.compile and torch.export trace with) promises that layout.
+    """
     check_inputs(q, k, v, coef, basis, budget, cls_rows)
-    with torch.no_grad():
-        mask = full_mask(topk_mask(connectivity_scores(coef, basis), budget), cls_rows)
-    return masked_attention(q, k, v, mask, scale)
+    mask = topk_full_mask(coef, basis, budget, cls_rows)
+    return masked_attention(q, k, v, mask, scale).contiguous()

@@ -15,7 +15,7 @@ from torch import nn
 
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.settings import SparsifinerSettings
-from sparsifiner.model.io import DENSE_FORMAT, read_weights
+from sparsifiner.model.io import DENSE_FORMAT, read_info, read_weights
 from sparsifiner.model.zoo import DEMO_ARCH, DEMO_NAME
 from sparsifiner.train.settings import TrainSettings
 
@@ -64,7 +64,7 @@ def build_dense(settings: TrainSettings, num_classes: Optional[int], pretrained:
 
 def load_teacher(path: Path, settings: TrainSettings, num_classes: int) -> nn.Module:
     """A dense model from local weights: our dense or Sparsifiner checkpoints, or a timm state dict."""
-    info, state = read_weights(path)
+    info, state = read_info(path), read_weights(path)
     if info is None:  # a plain timm state dict: build the run's architecture around it
         model = build_dense(settings, _head_size(state, num_classes))
         from sparsifiner.model.io import load_state
@@ -102,7 +102,7 @@ def load_student(path: Path, settings: TrainSettings, mode: str = "sparse") -> n
     from sparsifiner.model.io import load_state
     from sparsifiner.model.sparsify import create_sparsifiner
 
-    info, state = read_weights(path)
+    info, state = read_info(path), read_weights(path)
     if info is None or info.get("format") != "sparsifiner-model":
         raise SparsifinerError(f"{path} is not a Sparsifiner checkpoint: phase 2 starts from a phase-1 checkpoint "
                                "(run --phase 1 first)")
