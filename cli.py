@@ -23,8 +23,8 @@ DEFAULT_MODEL = "deit_small_patch16_224"  # what info and flops describe without
 
 OPTIONS = {
     # the model
-    "checkpoint": click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                               help="A Sparsifiner .safetensors checkpoint."),
+    "checkpoint": click.option("--checkpoint", type=click.Path(), default=None,
+                               help="A Sparsifiner checkpoint: a .safetensors file or a hub folder (sparsifiner.save_hub)."),
     "model": click.option("--model", "model_name", default=None,
                           help="timm ViT name made into a Sparsifiner ('demo': the bundled digits ViT)."),
     "pretrained": click.option("--pretrained/--no-pretrained", default=None,
@@ -265,7 +265,7 @@ def train(phase, recipe, assignments, **flags):
 
 
 @cli.command()
-@click.option("--checkpoint", "checkpoints", multiple=True, required=True, type=click.Path(dir_okay=False),
+@click.option("--checkpoint", "checkpoints", multiple=True, required=True, type=click.Path(),
               help="A dense or Sparsifiner .safetensors checkpoint (repeatable).")
 @options("data")
 @click.option("--mode", type=click.Choice(["sparse", "dense"]), default="sparse", show_default=True,
@@ -283,7 +283,7 @@ def evaluate(checkpoints, data, mode, keep_rate, budget, batch_size, limit, devi
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A Sparsifiner checkpoint.")
+@click.option("--checkpoint", required=True, type=click.Path(), help="A Sparsifiner checkpoint (file or hub folder).")
 @click.option("--output", type=click.Path(file_okay=False), default="figures", show_default=True, help="Folder for the PNGs.")
 @options("data")
 @click.option("--index", type=int, default=0, show_default=True, help="Val image index (of --data, default digits).")

@@ -85,3 +85,17 @@ def test_export_to_missing_folder(run, tmp_path):
 def test_validate_missing_file(run, tmp_path):
     result = run("validate", "--onnx", tmp_path / "nope.onnx")
     assert result.exit_code == 2 and result.output.startswith("error: ONNX file not found")
+
+
+def test_export_from_a_hub_folder(run, tmp_path):
+    from sparsifiner.model import prune_basis
+    from sparsifiner.model.io import save_hub
+    from sparsifiner.model.zoo import create_demo_sparsifiner
+
+    model = create_demo_sparsifiner()
+    prune_basis(model)
+    folder = save_hub(model, tmp_path / "hub")
+    out = tmp_path / "hub.onnx"
+    result = run("export", "--onnx", out, "--checkpoint", folder, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["source"] == "checkpoint" and out.is_file()
