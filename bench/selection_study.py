@@ -1,6 +1,6 @@
 """Selection study on the demo: exact scores and the fill rule for rows with few positive scores.
 
-For each seed, one teacher and one phase 1 (shared), then phase 2 once per variant and
+For each seed, one teacher (or one ``--teacher`` for all seeds) and one phase 1, then phase 2 once per variant and
 coefficient-pruning mode, each evaluated on the 360 val digits (top-1, attention-mass
 recall against the oracle, mask density, coefficient sparsity, rows left without any
 coefficient):
@@ -14,7 +14,7 @@ coefficient):
   exact_keepbest  exact scores, each row keeps its largest coefficient even below the
                   pruning threshold (threshold mode only: top-k never empties a row)
 
-    python bench/selection_study.py --seeds 0 1 2 3 4 --output runs/selection_study
+    python bench/selection_study.py --seeds 0 1 2 3 4 --output runs/selection_study [--teacher T.safetensors]
 
 Writes bench/results/selection_study.json (per run and mean/std over seeds) and prints
 the table. Runs are resumable: finished phases are reused.
@@ -80,14 +80,15 @@ def settings_for(seed: int, **sparsifiner):
     return build_train_settings(load_recipe("demo"), overrides)
 
 
-def run_seed(seed: int, output: Path, progress: bool) -> list[dict]:
+def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None) -> list[dict]:
     from sparsifiner.train.evaluate import evaluate_checkpoints
     from sparsifiner.train.runner import artifact_path, run_training
 
     base = output / f"seed{seed}"
     # Finished phases are skipped on a rerun (resume).
-    run_training(settings_for(seed), "teacher", base, resume=True, progress=progress)
-    teacher = str(artifact_path(base, "teacher"))
+    if teacher is None:
+        run_training(settings_for(seed), "teacher", base, resume=True, progress=progress)
+        teacher = str(artifact_path(base, "teacher"))
     run_training(settings_for(seed).replace(checkpoint=teacher), "1", base, resume=True, progress=progress)
     phase1 = str(artifact_path(base, "phase1"))
     rows = []
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="runs/selection_study")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "selection_study.json"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--teacher", default=None,
+                        help="A trained dense teacher shared by all seeds (default: train one per seed)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for seed in args.seeds:
-        rows += run_seed(seed, Path(args.output), args.progress)
+        rows += run_seed(seed, Path(args.output), args.progress, args.teacher)
     summary = summarise(rows)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"command": " ".join(["python", "bench/selection_study.py", *sys.argv[1:]]),
