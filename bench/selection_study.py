@@ -14,6 +14,9 @@ coefficient):
   exact_keepbest  exact scores, each row keeps its largest coefficient even below the
                   pruning threshold (threshold mode only: top-k never empties a row)
 
+The two fill-rule candidates run on the first ``--fill-seeds`` seeds (threshold mode);
+float_index and exact_index run on every seed in both modes.
+
     python bench/selection_study.py --seeds 0 1 2 3 4 --output runs/selection_study [--teacher T.safetensors]
 
 Writes bench/results/selection_study.json (per run and mean/std over seeds) and prints
@@ -36,6 +39,9 @@ VARIANTS = {
     "exact_keepbest": {"exact_scores": True, "coef_keep_best": True},
 }
 MODES = ("threshold", "topk")
+# The fill-rule candidates run in threshold mode (top-k never empties a row) on the first
+# --fill-seeds seeds; before/after (float_index vs exact_index) runs on every seed and mode.
+FILL_VARIANTS = ("exact_nearest", "exact_keepbest")
 METRICS = ("top1", "recall", "oracle_recall", "mask_density", "coef_sparsity", "empty_coef_rows")
 
 
@@ -80,7 +86,7 @@ def settings_for(seed: int, **sparsifiner):
     return build_train_settings(load_recipe("demo"), overrides)
 
 
-def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None) -> list[dict]:
+def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None, fill: bool = True) -> list[dict]:
     from sparsifiner.train.evaluate import evaluate_checkpoints
     from sparsifiner.train.runner import artifact_path, run_training
 
@@ -94,7 +100,7 @@ def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None
     rows = []
     for mode in MODES:
         for variant, knobs in VARIANTS.items():
-            if variant == "exact_keepbest" and mode != "threshold":
+            if variant in FILL_VARIANTS and (mode != "threshold" or not fill):
                 continue
             folder = base / f"{mode}_{variant}"
             settings = settings_for(seed, coef_prune=mode, **knobs).replace(checkpoint=phase1)
@@ -139,6 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="runs/selection_study")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "selection_study.json"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fill-seeds", type=int, default=3, help="Seeds (the first ones) that also run the fill rules")
     parser.add_argument("--teacher", default=None,
                         help="A trained dense teacher shared by all seeds (default: train one per seed)")
     parser.add_argument("--progress", action="store_true")
@@ -148,8 +155,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     rows = []
-    for seed in args.seeds:
-        rows += run_seed(seed, Path(args.output), args.progress, args.teacher)
+    for i, seed in enumerate(args.seeds):
+        rows += run_seed(seed, Path(args.output), args.progress, args.teacher, fill=i < args.fill_seeds)
     summary = summarise(rows)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"command": " ".join(["python", "bench/selection_study.py", *sys.argv[1:]]),
