@@ -218,6 +218,8 @@ def train(phase, recipe, assignments, **flags):
 @click.option("--data", default="digits", show_default=True, help="'digits' or an ImageFolder root with val/.")
 @click.option("--mode", type=click.Choice(["sparse", "dense"]), default="sparse", show_default=True,
               help="Attention mode of Sparsifiner checkpoints.")
+@click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+              help="raw: the checkpoint's weights; ema: the model EMA written beside it (<name>.ema.safetensors).")
 @click.option("--keep-rate", type=float, default=None, help="Evaluate at another keep rate.")
 @click.option("--budget", type=int, default=None, help="Evaluate at an explicit budget.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per batch.")
@@ -225,12 +227,15 @@ def train(phase, recipe, assignments, **flags):
 @click.option("--device", default=None, help="cpu, cuda (default: the GPU if any).")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def evaluate(checkpoints, data, mode, keep_rate, budget, batch_size, limit, device, threads, as_json):
+def evaluate(checkpoints, data, mode, weights, keep_rate, budget, batch_size, limit, device, threads, as_json):
     """Top-1/top-5, basis and coefficient sparsity, mask density and attention-mass recall."""
+    from sparsifiner.train.augment import ema_weights_path
     from sparsifiner.train.evaluate import format_eval_table
     from sparsifiner.train.workflows import evaluate_checkpoints
 
     _runtime(threads, "", None)
+    if weights == "ema":
+        checkpoints = [str(ema_weights_path(path)) for path in checkpoints]
     rows = evaluate_checkpoints(checkpoints, data, batch_size=batch_size, limit=limit, mode=mode,
                                 keep_rate=keep_rate, budget=budget, device=device)
     emit(rows, as_json, format_eval_table(rows))
