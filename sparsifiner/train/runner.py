@@ -9,9 +9,10 @@ Each phase writes ``<phase>.safetensors`` (+ ``.json`` with the settings and fin
 metrics) into the output folder, ``<phase>.ema.safetensors`` when it keeps a model
 EMA, a resumable ``<phase>.state.safetensors`` after every epoch, and appends to
 ``metrics.jsonl``. A phase with ``mixup`` mixes every batch (timm's Mixup/CutMix)
-before its loss sees it; in phase 2 the teacher gets the same mixed images. A phase starts from ``--checkpoint``
-when it is the first one run, else from the previous phase's file in the output
-folder. Under torchrun the output folder must be shared by all processes.
+before its loss sees it; in phase 2 the teacher gets the same mixed images. A phase
+starts from ``--checkpoint`` when it is the first one run, else from the previous
+phase's file in the output folder. Under torchrun the output folder must be shared
+by all processes.
 """
 from __future__ import annotations
 
