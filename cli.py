@@ -270,13 +270,18 @@ def train(phase, recipe, assignments, **flags):
 @options("data")
 @click.option("--mode", type=click.Choice(["sparse", "dense"]), default="sparse", show_default=True,
               help="Attention mode of Sparsifiner checkpoints.")
+@click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+              help="raw: the checkpoint's weights; ema: the model EMA written beside it (<name>.ema.safetensors).")
 @options("keep_rate", "budget", "batch_size", "limit", "device", "threads", "json")
-def evaluate(checkpoints, data, mode, keep_rate, budget, batch_size, limit, device, threads, as_json):
+def evaluate(checkpoints, data, mode, weights, keep_rate, budget, batch_size, limit, device, threads, as_json):
     """Top-1/top-5, basis and coefficient sparsity, mask density and attention-mass recall
     (--keep-rate/--budget evaluate at another budget)."""
+    from sparsifiner.train.augment import ema_weights_path
     from sparsifiner.train.evaluate import evaluate_checkpoints, format_eval_table
 
     set_threads(threads)
+    if weights == "ema":
+        checkpoints = [str(ema_weights_path(path)) for path in checkpoints]
     rows = evaluate_checkpoints(checkpoints, data or "digits", batch_size=batch_size or 256, limit=limit, mode=mode,
                                 keep_rate=keep_rate, budget=budget, device=device)
     emit(rows, as_json, format_eval_table(rows))

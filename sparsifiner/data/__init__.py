@@ -15,8 +15,12 @@ DEMO_DATA = "digits"
 
 
 def build_datasets(data: str, model, augment: bool = True, seed: int = 0,
-                   limit: Optional[int] = None):
-    """(train, val) datasets for ``model``; ``limit`` keeps the first images of each (tests)."""
+                   limit: Optional[int] = None, transform: Optional[dict] = None):
+    """(train, val) datasets for ``model``; ``limit`` keeps the first images of each (tests).
+
+    ``transform``: extra ``timm.data.create_transform`` arguments of the ImageFolder
+    training transform (RandAugment, random erasing, ...); the digits keep their own
+    small warps. ``augment`` False: no random training augmentation at all."""
     from torch.utils.data import Subset
 
     if data == DEMO_DATA:
@@ -25,7 +29,7 @@ def build_datasets(data: str, model, augment: bool = True, seed: int = 0,
         train = DigitsDataset("train", cfg["mean"], cfg["std"], size, augment=augment, seed=seed, limit=limit)
         val = DigitsDataset("val", cfg["mean"], cfg["std"], size, augment=False, limit=limit)
         return train, val
-    train, val = image_folder_datasets(data, model)
+    train, val = image_folder_datasets(data, model, train_transform=transform, augment=augment)
     if limit is not None:
         train, val = Subset(train, range(min(limit, len(train)))), Subset(val, range(min(limit, len(val))))
     return train, val

@@ -3,7 +3,10 @@
 The transforms come from timm's data config of the model (mean, std, interpolation,
 crop percentage and mode) at the model's own image size, through
 ``timm.data.resolve_data_config`` and ``create_transform``: training uses timm's
-RandomResizedCrop + flip pipeline, evaluation the resize + center crop.
+RandomResizedCrop + flip pipeline plus whatever extra ``create_transform`` arguments
+the caller passes (RandAugment, random erasing, the crop's interpolation: DeiT's
+recipe), or with ``augment`` off timm's deterministic resize + crop; evaluation the
+resize + center crop.
 
 The folders are checked up front (one line that says what to fix): a missing split,
 no class folders, an empty class folder, a class present in val but not in train.
@@ -96,15 +99,17 @@ def data_config_dict(model) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model_data_config(model).items()}
 
 
-def image_folder_datasets(root: str, model) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-    """(train, val) datasets of ``root`` with the model's timm transforms."""
+def image_folder_datasets(root: str, model, train_transform: Optional[dict] = None,
+                          augment: bool = True) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """(train, val) datasets of ``root`` with the model's timm transforms; ``train_transform``:
+    extra ``create_transform`` arguments of the training transform (they override the data config)."""
     from timm.data import create_transform
 
     if not Path(root).is_dir():
         raise SparsifinerError(f"data folder {root} does not exist: pass --data digits or an ImageFolder root "
                                "with train/ and val/")
     cfg = model_data_config(model)
-    train_tf = create_transform(**cfg, is_training=True)
+    train_tf = create_transform(**{**cfg, **(train_transform or {})}, is_training=True, no_aug=not augment)
     val_tf = create_transform(**cfg, is_training=False)
     train = ImageFolderDataset(root, "train", train_tf)
     val = ImageFolderDataset(root, "val", val_tf, classes=train.classes)

@@ -110,6 +110,10 @@ def create_timm_model(model_name: str, *, pretrained: bool = False, img_size: Op
         kwargs["img_size"] = img_size
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if pretrained:  # a second or two without network, instead of timm's ~50 s of retries
+        from sparsifiner.model.hub import check_pretrained_available
+
+        check_pretrained_available(model_name)
     try:
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ConnectionError) as exc:

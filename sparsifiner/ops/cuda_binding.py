@@ -148,7 +148,7 @@ def _register_cuda_impl(module) -> None:
         # tensor in q's dtype, the layout the op's fake implementation promises to compile.
         return module.forward(q, k, v, coef, basis, budget, scale, cls_rows, ALGORITHMS["auto"])
 
-    topk_masked_attention_op.register_extensions_op("cuda")(cuda_impl)
+    topk_masked_attention_op.register_kernel("cuda")(cuda_impl)
 
 
 def load_cuda_binding(build: bool = True, verbose: bool = False):

@@ -1,8 +1,9 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else JSON.
 
 A phase's resumable state (``<phase>.state.safetensors``, rewritten atomically after
-every epoch) holds the model's state dict (``model.*``), the optimiser's tensors
-(``optim.<param index>.<name>``) and the RNG states as tensors; the header metadata
+every epoch) holds the model's state dict (``model.*``), the EMA model's when the phase
+keeps one (``ema.*``), the optimiser's tensors (``optim.<param index>.<name>``) and the
+RNG states as tensors; the header metadata
 holds one JSON document: format, phase, epoch, optimiser step, the optimiser's param
 groups and non-tensor state, the grad scaler, the learning-rate schedule position,
 the Python/NumPy RNG scalars and the TrainSettings. A copy of that JSON sits beside
@@ -36,7 +37,7 @@ def rng_state() -> tuple[dict, dict]:
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     version, internal, gauss = random.getstate()
     return tensors, {"numpy": [name, int(pos), int(has_gauss), float(cached)],
                      "python": [version, list(internal), gauss]}
@@ -54,11 +55,13 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
 
 
 def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict,
-                     scaler: Optional[torch.amp.GradScaler] = None) -> None:
+                     scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None) -> None:
     """Atomically write a phase's resumable state (see the module docstring)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     opt_scalars: dict = {}
     for index, state in opt["state"].items():
@@ -96,12 +99,19 @@ def read_train_state(path: Path) -> tuple[dict, dict]:
 
 
 def restore_train_state(tensors: dict, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: Optional[torch.amp.GradScaler] = None, source: str = "state") -> None:
-    """Load model, optimiser, scaler and RNG from a state read by read_train_state."""
+                        scaler: Optional[torch.amp.GradScaler] = None, source: str = "state",
+                        ema: Optional[nn.Module] = None) -> None:
+    """Load model, EMA model, optimiser, scaler and RNG from a state read by read_train_state."""
     from sparsifiner.model.io import load_state
 
     device = next(model.parameters()).device
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
+    if ema is not None:
+        saved = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if not saved:
+            raise SparsifinerError(f"{source} holds no EMA weights but this run keeps an EMA: "
+                                   "restart the phase without --resume")
+        load_state(ema, saved, source)
     groups = meta["optimizer"]["param_groups"]
     state: dict = {}
     for key, value in tensors.items():

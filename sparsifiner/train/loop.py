@@ -4,9 +4,11 @@ A phase is described by a ``PhaseSpec`` (what to train and how one micro-batch t
 into a loss); ``run_phase`` does the rest the same way for all of them: AdamW with a
 per-step warm-up + cosine schedule (a pure function of the step, so the schedule's
 state is one integer), autocast and a grad scaler on GPU, gradient accumulation
-under DDP's no_sync, a tqdm bar with loss, accuracy and throughput, a JSONL metrics
-record per ``log_every`` steps and per epoch, evaluation and an atomic checkpoint
-after every epoch, and resumption from the last complete epoch.
+under DDP's no_sync, Mixup/CutMix of each micro-batch before the step sees it (the
+targets become soft), a model EMA updated after every optimiser step, a tqdm bar with
+loss, accuracy and throughput, a JSONL metrics record per ``log_every`` steps and per
+epoch, evaluation (of the EMA too) and an atomic checkpoint after every epoch, and
+resumption from the last complete epoch (EMA included).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from sparsifiner.errors import SparsifinerError
+from sparsifiner.train.augment import build_ema
 from sparsifiner.train.checkpoint import read_train_state, restore_train_state, save_train_state
 from sparsifiner.train.distributed import DistInfo, all_reduce_sum, barrier, no_sync
 from sparsifiner.train.settings import PhaseSettings, TrainSettings
@@ -44,11 +47,13 @@ class PhaseSpec:
     model: nn.Module                       # what the checkpoint holds
     forward: nn.Module                     # what runs (wrapped in DDP by the caller)
     param_groups: list                     # AdamW groups of the trainable parameters
-    step: Callable[[nn.Module, torch.Tensor, torch.Tensor], StepOutput]
-    evaluate: Callable[[], dict]
+    step: Callable[[nn.Module, torch.Tensor, torch.Tensor], StepOutput]  # targets: indices or soft [B, C]
+    evaluate: Callable[[nn.Module], dict]  # metrics of spec.model or of its EMA copy
     finish: Callable[[dict], dict]         # save the phase's artifact (main process); returns a summary
     train_mode: bool = True                # phase 1 keeps the frozen backbone in eval mode
     eval_before: bool = False              # log an evaluation before the first epoch (as epoch 0)
+    mixup: Optional[Callable] = None       # (images, labels) -> (mixed images, soft targets)
+    save_ema: Optional[Callable[[nn.Module, dict], dict]] = None  # write the EMA artifact; returns summary keys
 
 
 @dataclass
@@ -128,6 +133,11 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
                                "lower --batch-size or use more images")
     total = ps.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(spec.param_groups, lr=ps.lr)
+    ema = None
+    if ps.ema:
+        if spec.save_ema is None:
+            raise SparsifinerError(f"{spec.name} keeps no EMA: set {spec.name}.ema false")
+        ema = build_ema(spec.model, settings.ema)
     use_scaler = ctx.amp_dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start_epoch, step = 0, 0
@@ -137,7 +147,8 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
         if meta.get("phase") != spec.name:
             raise SparsifinerError(f"{path} belongs to {meta.get('phase')}, not {spec.name}")
         _check_same_settings(meta.get("settings", {}), settings.to_dict(), path)
-        restore_train_state(tensors, meta, spec.model, optimizer, scaler if use_scaler else None, str(path))
+        restore_train_state(tensors, meta, spec.model, optimizer, scaler if use_scaler else None, str(path),
+                            ema=ema.module if ema is not None else None)
         start_epoch, step = int(meta["epoch"]), int(meta["step"])
         if ctx.log:
             ctx.log.drop_after(spec.name, start_epoch)
@@ -145,8 +156,9 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
         ctx.log.drop_after(spec.name, -1)
 
     last_eval: dict = {}
+    last_ema_eval: dict = {}
     if spec.eval_before and start_epoch == 0:
-        last_eval = spec.evaluate()
+        last_eval = spec.evaluate(spec.model)
         if ctx.log:
             ctx.log.write({"phase": spec.name, "epoch": 0, "kind": "epoch", **_prefixed(last_eval, "val_")})
 
@@ -170,6 +182,9 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
                 images, labels = _next_batch(iterator)
                 images = images.to(info.device, non_blocking=True)
                 labels = labels.to(info.device, non_blocking=True)
+                if spec.mixup is not None:
+                    images, labels = spec.mixup(images, labels)
+                count = images.shape[0]
                 with no_sync(spec.forward, micro < accum - 1):
                     with torch.autocast(info.device.type, dtype=ctx.amp_dtype or torch.float32,
                                         enabled=ctx.amp_dtype is not None):
@@ -184,10 +199,10 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
                     raise SparsifinerError(f"{spec.name}: the loss became {value} at step {step}: lower the learning "
                                            "rate or turn mixed precision off (--amp off)")
                 if out.kind == "sum":  # log per image, so the numbers do not depend on the batch size
-                    value /= labels.numel()
+                    value /= count
                 sums["loss"] += value
                 sums["batches"] += 1
-                sums["images"] += labels.numel()
+                sums["images"] += count
                 if out.correct is not None:
                     sums["correct"] += out.correct
                 for k, v in out.parts.items():
@@ -198,6 +213,8 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(spec.model)
             step += 1
             elapsed = time.perf_counter() - t0
             rate = world_images * accum * (done + 1) / elapsed if elapsed > 0 else 0.0
@@ -219,8 +236,11 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
         if out.correct is not None:
             record["train_top1"] = 100.0 * reduced["correct"] / reduced["images"]
         record.update({f"train_{k}": reduced[k] / reduced["batches"] for k in part_sums})
-        last_eval = spec.evaluate()
+        last_eval = spec.evaluate(spec.model)
         record.update(_prefixed(last_eval, "val_"))
+        if ema is not None and settings.ema.evaluate:
+            last_ema_eval = spec.evaluate(ema.module)
+            record.update(_prefixed(last_ema_eval, "val_ema_"))
         if ctx.log:
             ctx.log.write(record)
         if info.is_main:
@@ -229,11 +249,14 @@ def run_phase(spec: PhaseSpec, ctx: RunContext) -> dict:
                               "scheduler": {"kind": "warmup_cosine", "step": step, "total": total,
                                             "steps_per_epoch": steps_per_epoch},
                               "settings": settings.to_dict(), "metrics": record},
-                             scaler if use_scaler else None)
+                             scaler if use_scaler else None, ema=ema.module if ema is not None else None)
         barrier(info)
     summary = {}
     if info.is_main:
+        # the EMA file first: the raw artifact marks the phase complete (resume skips it)
+        ema_summary = spec.save_ema(ema.module, last_ema_eval) if ema is not None and spec.save_ema else {}
         summary = spec.finish(last_eval)
+        summary.update(ema_summary)
     barrier(info)
     return summary
 

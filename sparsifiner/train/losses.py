@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsifiner.train.augment import classification_loss
 from sparsifiner.train.settings import PhaseSettings
 
 
@@ -54,10 +55,13 @@ def token_distillation(student: torch.Tensor, teacher: torch.Tensor, prefix: int
     return F.mse_loss(student[:, prefix:].float(), teacher[:, prefix:].float())
 
 
-def phase2_loss(logits, tokens, teacher_logits, teacher_tokens, labels, settings: PhaseSettings,
+def phase2_loss(logits, tokens, teacher_logits, teacher_tokens, targets, settings: PhaseSettings,
                 prefix: int = 1) -> tuple[torch.Tensor, dict]:
-    """ce_weight CE + kl_weight KL + token_weight MSE, and the parts (floats) for the log."""
-    ce = F.cross_entropy(logits.float(), labels)
+    """ce_weight CE + kl_weight KL + token_weight MSE, and the parts (floats) for the log.
+
+    targets: class indices (CE with the phase's label smoothing) or the soft targets of a
+    mixed batch (soft-target CE; the smoothing is already in them)."""
+    ce = classification_loss(logits, targets, settings.label_smoothing)
     kl = logit_distillation(logits, teacher_logits)
     tok = token_distillation(tokens, teacher_tokens, prefix)
     total = settings.ce_weight * ce + settings.kl_weight * kl + settings.token_weight * tok

@@ -6,7 +6,9 @@ A recipe mirrors ``TrainSettings.to_dict()``: top-level run settings, a
 ``sparsifiner.keep_rate``) and win over the file. The bundled recipes (``demo``,
 ``deit_small``) live in the repository's top-level ``recipes/`` folder, shipped inside
 the package as ``sparsifiner/train/recipes`` (a link to it); a recipe argument is a
-bundled name or a path to a YAML file.
+bundled name or a path to a YAML file. A recipe may start from another with
+``extends: NAME`` (a bundled name, or a path relative to the recipe's folder): its
+keys win over the base's, section by section.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Mapping, Optional, Union
 
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.settings import SparsifinerSettings
-from sparsifiner.train.settings import PHASES, PhaseSettings, TrainSettings
+from sparsifiner.train.settings import PHASES, SECTIONS, PhaseSettings, TrainSettings
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -41,11 +43,30 @@ def resolve_recipe(name_or_path: Union[str, Path]) -> Path:
     return bundled
 
 
-def load_recipe(name_or_path: Union[str, Path]) -> dict:
-    """The settings mapping of a recipe file (one-line errors for unreadable YAML)."""
+def load_recipe(name_or_path: Union[str, Path], _seen: tuple = ()) -> dict:
+    """The settings mapping of a recipe file, its ``extends:`` chain merged in (one-line errors)."""
+    path = resolve_recipe(name_or_path)
+    data = _read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise SparsifinerError(f"recipe {path}: extends takes one recipe name or path, got {base!r}")
+    here = path.resolve()
+    if here in _seen:
+        raise SparsifinerError(f"recipe {path} extends itself through {' -> '.join(p.name for p in _seen)}")
+    local = path.parent / base
+    parent = load_recipe(local if local.suffix in (".yaml", ".yml") and local.is_file() else base, _seen + (here,))
+    merged = dict(parent)
+    for key, value in data.items():  # mappings merge key by key, everything else replaces
+        both = isinstance(value, Mapping) and isinstance(parent.get(key), Mapping)
+        merged[key] = {**parent[key], **value} if both else value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
     import yaml
 
-    path = resolve_recipe(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -101,6 +122,9 @@ def build_train_settings(recipe: Optional[Mapping] = None, overrides: Optional[M
             data[name] = _coerce(PhaseSettings, data[name], f"{name}.")
     if isinstance(data.get("sparsifiner"), dict):
         data["sparsifiner"] = _coerce(SparsifinerSettings, data["sparsifiner"], "sparsifiner.")
+    for name, section in SECTIONS.items():
+        if isinstance(data.get(name), dict):
+            data[name] = _coerce(section, data[name], f"{name}.")
     return TrainSettings.from_dict(data)
 
 

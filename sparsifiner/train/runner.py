@@ -6,10 +6,13 @@
     phase2   predictor frozen, sparse attention with coefficient pruning, the
              backbone learns from labels and from the frozen dense teacher.
 Each phase writes ``<phase>.safetensors`` (+ ``.json`` with the settings and final
-metrics) into the output folder, a resumable ``<phase>.state.safetensors`` after
-every epoch, and appends to ``metrics.jsonl``. A phase starts from ``--checkpoint``
-when it is the first one run, else from the previous phase's file in the output
-folder. Under torchrun the output folder must be shared by all processes.
+metrics) into the output folder, ``<phase>.ema.safetensors`` when it keeps a model
+EMA, a resumable ``<phase>.state.safetensors`` after every epoch, and appends to
+``metrics.jsonl``. A phase with ``mixup`` mixes every batch (timm's Mixup/CutMix)
+before its loss sees it; in phase 2 the teacher gets the same mixed images. A phase
+starts from ``--checkpoint`` when it is the first one run, else from the previous
+phase's file in the output folder. Under torchrun the output folder must be shared
+by all processes.
 """
 from __future__ import annotations
 
@@ -22,11 +25,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sparsifiner.artifacts import write_json
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.model.io import save_dense
+from sparsifiner.train.augment import build_mixup, classification_loss, count_correct, ema_path
 from sparsifiner.train.distributed import DistInfo, distributed_context, wrap_ddp
 from sparsifiner.train.evaluate import evaluate_model
 from sparsifiner.train.loop import MetricsLog, PhaseSpec, RunContext, StepOutput, run_phase, state_path
@@ -62,7 +65,7 @@ def prepare_output(output: Path, phases: Sequence[str], resume: bool, overwrite:
     for phase in phases:
         for stale in output.glob(f".{phase}.*.tmp"):  # left by a kill in the middle of a checkpoint write
             stale.unlink()
-        files = [artifact_path(output, phase), state_path(output, phase)]
+        files = [artifact_path(output, phase), ema_path(artifact_path(output, phase)), state_path(output, phase)]
         files += [f.with_suffix(".json") for f in files]
         existing = [f for f in files if f.exists()]
         if existing and overwrite:
@@ -96,6 +99,7 @@ def run_training(settings: TrainSettings, phase: str = "both", output: str | Pat
     if not settings.data:
         raise SparsifinerError("no training data: pass --data digits or an ImageFolder root with train/ and val/")
     with distributed_context(device) as info:
+        _check_mixup_batches(settings, phases, info.world)
         if info.is_main:
             prepare_output(output, phases, resume, overwrite)
             write_json(output / "train_settings.json", settings.to_dict())
@@ -107,6 +111,16 @@ def run_training(settings: TrainSettings, phase: str = "both", output: str | Pat
         for i, name in enumerate(phases):
             summary[name] = trainer.run(name, first=i == 0)
         return summary
+
+
+def _check_mixup_batches(settings: TrainSettings, phases: Sequence[str], world: int) -> None:
+    """timm's Mixup pairs each image with the batch's mirror image: the micro-batches must be even."""
+    micro, rest = divmod(settings.batch_size, world * settings.accum_steps)
+    mixing = [name for name in phases if settings.phase(name).mixup]
+    if mixing and not rest and micro % 2:
+        raise SparsifinerError(f"{mixing[0]}.mixup needs an even number of images per process and accumulation step, "
+                               f"but batch_size {settings.batch_size} / ({world} x {settings.accum_steps}) = {micro}: "
+                               "change --batch-size or --accum-steps")
 
 
 class _Trainer:
@@ -134,6 +148,9 @@ class _Trainer:
             return {"phase": name, "path": str(final), "skipped": "already complete", **info.get("metrics", {})}
         seed_everything(self.settings.seed)
         spec = getattr(self, f"_spec_{name}")(first)
+        ps = self.settings.phase(name)
+        if ps.mixup:
+            spec.mixup = build_mixup(self.settings.augmentation, self.num_classes, ps.label_smoothing)
         self._loaders(spec.model)
         ctx = RunContext(self.settings, self.output, self.info, self.train_loader, self.amp_dtype,
                          self.progress, self.resume, self.log)
@@ -148,7 +165,8 @@ class _Trainer:
 
         if self.datasets is None:
             s = self.settings
-            self.datasets = build_datasets(s.data, model, augment=s.augment, seed=s.seed, limit=s.limit)
+            self.datasets = build_datasets(s.data, model, augment=s.augment, seed=s.seed, limit=s.limit,
+                                           transform=s.augmentation.transform_kwargs())
             train, val = self.datasets
             self.train_loader = build_loader(train, self.micro_batch, True, self.info.world, self.info.rank,
                                              s.seed, s.workers)
@@ -161,6 +179,15 @@ class _Trainer:
 
     def _extra(self, phase: str, metrics: dict, **more) -> dict:
         return {"phase": phase, "train_settings": self.settings.to_dict(), "metrics": metrics, **more}
+
+    def _ema_saver(self, phase: str, save):
+        """save_ema of a PhaseSpec: ``save(model, path, extra)`` writes <phase>.ema.safetensors."""
+        def save_ema(model, metrics: dict) -> dict:
+            path = ema_path(artifact_path(self.output, phase))
+            save(model, path, self._extra(phase, metrics, weights="ema", ema_decay=self.settings.ema.decay))
+            return {"ema_path": str(path), **{f"ema_{k}": v for k, v in metrics.items()}}
+
+        return save_ema
 
     # -- models --------------------------------------------------------------------------------
     def _teacher_source(self, first: bool):
@@ -192,17 +219,18 @@ class _Trainer:
         freeze(model)
         forward = wrap_ddp(model, self.info)
 
-        def step(fwd, images, labels) -> StepOutput:
+        def step(fwd, images, targets) -> StepOutput:
             logits = fwd(images).float()
-            loss = F.cross_entropy(logits, labels, label_smoothing=ps.label_smoothing)
-            return StepOutput(loss, "mean", correct=float((logits.argmax(-1) == labels).sum()))
+            loss = classification_loss(logits, targets, ps.label_smoothing)
+            return StepOutput(loss, "mean", correct=count_correct(logits, targets))
 
         def finish(metrics: dict) -> dict:
             path = save_dense(model, artifact_path(self.output, "teacher"), self._extra("teacher", metrics))
             return {"phase": "teacher", "path": str(path), **metrics}
 
         return PhaseSpec("teacher", model, forward, param_groups(list(model.named_parameters()), ps.weight_decay),
-                         step, lambda: self._evaluate(model, method_metrics=False), finish)
+                         step, lambda m: self._evaluate(m, method_metrics=False), finish,
+                         save_ema=self._ema_saver("teacher", save_dense))
 
     def _spec_phase1(self, first: bool) -> PhaseSpec:
         from sparsifiner.model.sparsify import collect_aux, prune_basis, set_mode, sparse_layers
@@ -221,7 +249,7 @@ class _Trainer:
         groups = param_groups(predictors, ps.weight_decay, w_up if ps.reg == "l1" else frozenset())
         forward = wrap_ddp(student, self.info)
 
-        def step(fwd, images, labels) -> StepOutput:
+        def step(fwd, images, targets) -> StepOutput:  # no labels: mixing only changes the images
             with collect_aux(student) as records:
                 fwd(images)
             loss = attention_distillation(records, ps.attn_loss, ps.attn_reduction)
@@ -239,7 +267,7 @@ class _Trainer:
             return {"phase": "phase1", "path": str(path), "basis_sparsity": sparsity, **metrics}
 
         return PhaseSpec("phase1", student, forward, groups, step,
-                         lambda: self._evaluate(student, attn_loss=ps.attn_loss), finish,
+                         lambda m: self._evaluate(m, attn_loss=ps.attn_loss), finish,
                          train_mode=False, eval_before=True)
 
     def _spec_phase2(self, first: bool) -> PhaseSpec:
@@ -264,20 +292,21 @@ class _Trainer:
         forward = wrap_ddp(FeaturesAndLogits(student), self.info)
         prefix = student.num_prefix_tokens
 
-        def step(fwd, images, labels) -> StepOutput:
-            with torch.no_grad():
+        def step(fwd, images, targets) -> StepOutput:
+            with torch.no_grad():  # the teacher sees the student's (mixed) batch
                 t_tokens = teacher.forward_features(images)
                 t_logits = teacher.forward_head(t_tokens)
             tokens, logits = fwd(images)
-            loss, parts = phase2_loss(logits, tokens, t_logits, t_tokens, labels, ps, prefix)
-            return StepOutput(loss, "mean", correct=float((logits.argmax(-1) == labels).sum()), parts=parts)
+            loss, parts = phase2_loss(logits, tokens, t_logits, t_tokens, targets, ps, prefix)
+            return StepOutput(loss, "mean", correct=count_correct(logits, targets), parts=parts)
 
         def finish(metrics: dict) -> dict:
             path = save_sparsifiner(student, artifact_path(self.output, "phase2"), self._extra("phase2", metrics))
             return {"phase": "phase2", "path": str(path), **metrics}
 
         return PhaseSpec("phase2", student, forward, param_groups(trainable, ps.weight_decay), step,
-                         lambda: self._evaluate(student), finish, eval_before=True)
+                         lambda m: self._evaluate(m), finish, eval_before=True,
+                         save_ema=self._ema_saver("phase2", save_sparsifiner))
 
 
 __all__ = ["PHASES", "PHASE_CHOICES", "artifact_path", "run_training"]

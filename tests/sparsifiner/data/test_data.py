@@ -94,3 +94,23 @@ def test_image_folder_errors_are_one_line(tmp_path):
         image_folder_datasets(str(root), model)
     with pytest.raises(SparsifinerError, match="does not exist"):
         image_folder_datasets(str(tmp_path / "nope"), model)
+
+
+def test_image_folder_training_transform_takes_timm_arguments_or_none(tmp_path):
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+
+    model = create_demo_dense()
+    root = _folder(tmp_path)
+    train, _ = image_folder_datasets(str(root), model, train_transform={"auto_augment": "rand-m9-mstd0.5-inc1",
+                                                                        "re_prob": 0.25, "re_mode": "pixel"})
+    kinds = {type(t) for t in train.transform.transforms}
+    assert RandAugment in kinds and RandomErasing in kinds
+    plain, _ = build_datasets(str(root), model, augment=False, transform={"re_prob": 1.0})
+    import random
+
+    torch.manual_seed(0), random.seed(0)
+    first = plain[0][0]
+    torch.manual_seed(1), random.seed(1)
+    assert torch.equal(first, plain[0][0])  # augment off: the same image every time, nothing random
+    assert RandomErasing not in {type(t) for t in plain.transform.transforms}

@@ -1,4 +1,5 @@
-"""A run killed inside an epoch and resumed ends with the uninterrupted run's weights, bit for bit."""
+"""A run killed inside an epoch and resumed ends with the uninterrupted run's weights, bit for bit
+(the model EMA's too, with Mixup/CutMix drawing from the restored RNG)."""
 from __future__ import annotations
 
 import json
@@ -29,11 +30,15 @@ def _kill_after(monkeypatch, batches: int):
     monkeypatch.setattr(loop, "_next_batch", next_batch)
 
 
-@pytest.mark.parametrize("phase", ["teacher", "2"])
-def test_resume_after_an_interrupted_epoch_matches_the_uninterrupted_run(tmp_path, monkeypatch, tiny, phase_runs, phase):
+@pytest.mark.parametrize("variant", ["teacher", "2", "2-mixup-ema"])
+def test_resume_after_an_interrupted_epoch_matches_the_uninterrupted_run(tmp_path, monkeypatch, tiny, phase_runs,
+                                                                         variant):
     # 160 training images, batch 32: 5 steps per epoch; 3 epochs; killed in the middle of epoch 2.
     source = phase_runs[0] / "phase1.safetensors"
-    settings = tiny(limit=160, **{"teacher.epochs": 3, "phase2.epochs": 3, "teacher.warmup_epochs": 1})
+    deit = {"phase2.mixup": True, "phase2.ema": True, "phase2.label_smoothing": 0.1, "ema.decay": 0.9}
+    settings = tiny(limit=160, **{"teacher.epochs": 3, "phase2.epochs": 3, "teacher.warmup_epochs": 1},
+                    **(deit if variant == "2-mixup-ema" else {}))
+    phase = variant.split("-")[0]
     if phase == "2":
         settings = settings.replace(checkpoint=str(source))
     name = "teacher" if phase == "teacher" else "phase2"
@@ -58,11 +63,16 @@ def test_resume_after_an_interrupted_epoch_matches_the_uninterrupted_run(tmp_pat
     run_training(settings, phase, tmp_path / "killed", resume=True, progress=False)
     assert not stale.exists()
 
-    a = load_file(str(tmp_path / "straight" / f"{name}.safetensors"))
-    b = load_file(str(tmp_path / "killed" / f"{name}.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    files = [f"{name}.safetensors"] + ([f"{name}.ema.safetensors"] if settings.phase2.ema else [])
+    for file in files:
+        a = load_file(str(tmp_path / "straight" / file))
+        b = load_file(str(tmp_path / "killed" / file))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (file, key)
+    if settings.phase2.ema:  # the state carried the EMA through the kill: it is not the raw model, nor a fresh copy
+        state = load_file(str(tmp_path / "killed" / f"{name}.state.safetensors"))
+        assert any(not torch.equal(state[f"ema.{k}"], state[f"model.{k}"]) for k in a)
     # the log has each epoch once: the interrupted epoch's partial records are gone
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line).get("kind") == "epoch" and json.loads(line)["phase"] == name]
