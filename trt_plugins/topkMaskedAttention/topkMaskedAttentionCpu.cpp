@@ -193,7 +193,7 @@ inline __m512i orderKeys(__m512 s)
 
 inline __mmask16 tailMask(int32_t n)
 {
-    return n >= kVEC ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1U << n) - 1U);
+    return n >= kVEC ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>(n <= 0 ? 0U : (1U << n) - 1U);
 }
 #endif
 
@@ -381,6 +381,7 @@ struct Scratch
 {
     std::vector<float> coefVal;
     std::vector<int32_t> coefIdx;
+    std::vector<float const*> basisRows;
     std::vector<float> scores;     // one row of scores (portable path)
     std::vector<uint32_t> candKey; // filtered keys, index order
     std::vector<int32_t> candIdx;
@@ -465,17 +466,50 @@ int32_t scoreAndFilter(Setup const& s, Scratch& w, int32_t nnz, uint32_t t)
     int32_t* cx = w.candIdx.data();
     int32_t count = 0;
 #if SPARSIFINER_CPU_AVX512
-    __m512i const vt = _mm512_set1_epi32(static_cast<int32_t>(t));
-    __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512i const step = _mm512_set1_epi32(kVEC);
-    for (int32_t j = 0; j < s.n; j += kVEC)
+    float const* const* rows = w.basisRows.data();
+    for (int32_t t0 = 0; t0 < nnz; ++t0)
     {
-        __m512i const key = orderKeys(scoreChunk(s, cv, ci, nnz, j));
+        w.basisRows[t0] = s.basis + static_cast<int64_t>(ci[t0]) * s.nPad;
+    }
+    __m512i const vt = _mm512_set1_epi32(static_cast<int32_t>(t));
+    __m512i const lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    auto emit = [&](__m512 score, int32_t j) {
+        __m512i const key = orderKeys(score);
         __mmask16 const keep = _mm512_cmpge_epu32_mask(key, vt) & tailMask(s.n - j);
-        _mm512_storeu_si512(ck + count, _mm512_maskz_compress_epi32(keep, key));
-        _mm512_storeu_si512(cx + count, _mm512_maskz_compress_epi32(keep, idx));
-        count += __builtin_popcount(keep);
-        idx = _mm512_add_epi32(idx, step);
+        if (keep != 0)
+        {
+            __m512i const idx = _mm512_add_epi32(lane, _mm512_set1_epi32(j));
+            _mm512_storeu_si512(ck + count, _mm512_maskz_compress_epi32(keep, key));
+            _mm512_storeu_si512(cx + count, _mm512_maskz_compress_epi32(keep, idx));
+            count += __builtin_popcount(keep);
+        }
+    };
+    int32_t j = 0;
+    // Four independent accumulators per step: the FMA chains of one chunk are nnz long.
+    for (; j + 4 * kVEC <= s.nPad; j += 4 * kVEC)
+    {
+        __m512 const c0 = _mm512_set1_ps(cv[0]);
+        __m512 a0 = _mm512_mul_ps(c0, _mm512_loadu_ps(rows[0] + j));
+        __m512 a1 = _mm512_mul_ps(c0, _mm512_loadu_ps(rows[0] + j + kVEC));
+        __m512 a2 = _mm512_mul_ps(c0, _mm512_loadu_ps(rows[0] + j + 2 * kVEC));
+        __m512 a3 = _mm512_mul_ps(c0, _mm512_loadu_ps(rows[0] + j + 3 * kVEC));
+        for (int32_t r = 1; r < nnz; ++r)
+        {
+            __m512 const c = _mm512_set1_ps(cv[r]);
+            float const* b = rows[r] + j;
+            a0 = _mm512_fmadd_ps(c, _mm512_loadu_ps(b), a0);
+            a1 = _mm512_fmadd_ps(c, _mm512_loadu_ps(b + kVEC), a1);
+            a2 = _mm512_fmadd_ps(c, _mm512_loadu_ps(b + 2 * kVEC), a2);
+            a3 = _mm512_fmadd_ps(c, _mm512_loadu_ps(b + 3 * kVEC), a3);
+        }
+        emit(a0, j);
+        emit(a1, j + kVEC);
+        emit(a2, j + 2 * kVEC);
+        emit(a3, j + 3 * kVEC);
+    }
+    for (; j < s.n; j += kVEC)
+    {
+        emit(scoreChunk(s, cv, ci, nnz, j), j);
     }
 #else
     float* sc = w.scores.data();
@@ -639,6 +673,95 @@ struct RowState
     float* sum;
 };
 
+#if SPARSIFINER_CPU_AVX512
+//! attendSegment's vector path for d = 16 * kNC (the loops over d unroll).
+template <typename E, int32_t kNC>
+void attendSegmentVec(float const* q, typename E::Storage const* kBase, typename E::Storage const* vBase,
+    int32_t const* idx, int32_t count, float scale, RowState st, float* logits)
+{
+    constexpr int32_t nc = kNC;
+    constexpr int32_t d = kNC * kVEC;
+    __m512 qv[kNC];
+    for (int32_t c = 0; c < nc; ++c)
+    {
+        qv[c] = _mm512_loadu_ps(q + c * kVEC);
+    }
+    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int32_t g = 0; g < count; g += kVEC)
+    {
+        int32_t const m = std::min(kVEC, count - g);
+        __m512 dots[16];
+        for (int32_t l = 0; l < kVEC; ++l)
+        {
+            auto const* kr = kBase + static_cast<int64_t>(idx[g + std::min(l, m - 1)]) * d;
+            __m512 a = _mm512_mul_ps(qv[0], loadVec<E>(kr));
+            for (int32_t c = 1; c < nc; ++c)
+            {
+                a = _mm512_fmadd_ps(qv[c], loadVec<E>(kr + c * kVEC), a);
+            }
+            dots[l] = a;
+        }
+        __m512 const lg = _mm512_mul_ps(transposeSum16(dots), _mm512_set1_ps(scale));
+        _mm512_storeu_ps(logits + g, lg);
+        vmax = _mm512_mask_max_ps(vmax, tailMask(m), lg, vmax);
+    }
+    float const mt = _mm512_reduce_max_ps(vmax);
+    if (mt > *st.max)
+    {
+        float const factor = std::exp(*st.max - mt);
+        __m512 const vf = _mm512_set1_ps(factor);
+        for (int32_t c = 0; c < nc; ++c)
+        {
+            _mm512_storeu_ps(st.acc + c * kVEC, _mm512_mul_ps(_mm512_loadu_ps(st.acc + c * kVEC), vf));
+        }
+        *st.sum *= factor;
+        *st.max = mt;
+    }
+    __m512 const vm = _mm512_set1_ps(*st.max);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int32_t g = 0; g < count; g += kVEC)
+    {
+        __m512 const p = expPs(_mm512_sub_ps(_mm512_loadu_ps(logits + g), vm));
+        _mm512_storeu_ps(logits + g, p);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(tailMask(count - g), p));
+    }
+    *st.sum += _mm512_reduce_add_ps(vsum);
+    __m512 a0[kNC];
+    __m512 a1[kNC];
+    for (int32_t c = 0; c < nc; ++c)
+    {
+        a0[c] = _mm512_loadu_ps(st.acc + c * kVEC);
+        a1[c] = _mm512_setzero_ps();
+    }
+    int32_t j = 0;
+    for (; j + 2 <= count; j += 2)
+    {
+        auto const* v0 = vBase + static_cast<int64_t>(idx[j]) * d;
+        auto const* v1 = vBase + static_cast<int64_t>(idx[j + 1]) * d;
+        __m512 const p0 = _mm512_set1_ps(logits[j]);
+        __m512 const p1 = _mm512_set1_ps(logits[j + 1]);
+        for (int32_t c = 0; c < nc; ++c)
+        {
+            a0[c] = _mm512_fmadd_ps(p0, loadVec<E>(v0 + c * kVEC), a0[c]);
+            a1[c] = _mm512_fmadd_ps(p1, loadVec<E>(v1 + c * kVEC), a1[c]);
+        }
+    }
+    if (j < count)
+    {
+        auto const* v0 = vBase + static_cast<int64_t>(idx[j]) * d;
+        __m512 const p0 = _mm512_set1_ps(logits[j]);
+        for (int32_t c = 0; c < nc; ++c)
+        {
+            a0[c] = _mm512_fmadd_ps(p0, loadVec<E>(v0 + c * kVEC), a0[c]);
+        }
+    }
+    for (int32_t c = 0; c < nc; ++c)
+    {
+        _mm512_storeu_ps(st.acc + c * kVEC, _mm512_add_ps(a0[c], a1[c]));
+    }
+}
+#endif
+
 //! Attends one query row (fp32, d) to the keys idx[0..count): logits, running max,
 //! rescale, exp, sum and the weighted sum of V, all in fp32.
 template <typename E>
@@ -652,88 +775,17 @@ void attendSegment(Setup const& s, float const* q, typename E::Storage const* kB
         return;
     }
 #if SPARSIFINER_CPU_AVX512
-    if (d % kVEC == 0 && d <= 8 * kVEC)
+    switch (d)
     {
-        int32_t const nc = d / kVEC;
-        __m512 qv[8];
-        for (int32_t c = 0; c < nc; ++c)
-        {
-            qv[c] = _mm512_loadu_ps(q + c * kVEC);
-        }
-        __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-        for (int32_t g = 0; g < count; g += kVEC)
-        {
-            int32_t const m = std::min(kVEC, count - g);
-            __m512 dots[16];
-            for (int32_t l = 0; l < kVEC; ++l)
-            {
-                auto const* kr = kBase + static_cast<int64_t>(idx[g + std::min(l, m - 1)]) * d;
-                __m512 a = _mm512_mul_ps(qv[0], loadVec<E>(kr));
-                for (int32_t c = 1; c < nc; ++c)
-                {
-                    a = _mm512_fmadd_ps(qv[c], loadVec<E>(kr + c * kVEC), a);
-                }
-                dots[l] = a;
-            }
-            __m512 const lg = _mm512_mul_ps(transposeSum16(dots), _mm512_set1_ps(scale));
-            _mm512_storeu_ps(logits + g, lg);
-            vmax = _mm512_mask_max_ps(vmax, tailMask(m), lg, vmax);
-        }
-        float const mt = _mm512_reduce_max_ps(vmax);
-        if (mt > *st.max)
-        {
-            float const factor = std::exp(*st.max - mt);
-            __m512 const vf = _mm512_set1_ps(factor);
-            for (int32_t c = 0; c < nc; ++c)
-            {
-                _mm512_storeu_ps(st.acc + c * kVEC, _mm512_mul_ps(_mm512_loadu_ps(st.acc + c * kVEC), vf));
-            }
-            *st.sum *= factor;
-            *st.max = mt;
-        }
-        __m512 const vm = _mm512_set1_ps(*st.max);
-        __m512 vsum = _mm512_setzero_ps();
-        for (int32_t g = 0; g < count; g += kVEC)
-        {
-            __m512 const p = expPs(_mm512_sub_ps(_mm512_loadu_ps(logits + g), vm));
-            _mm512_storeu_ps(logits + g, p);
-            vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(tailMask(count - g), p));
-        }
-        *st.sum += _mm512_reduce_add_ps(vsum);
-        __m512 a0[8];
-        __m512 a1[8];
-        for (int32_t c = 0; c < nc; ++c)
-        {
-            a0[c] = _mm512_loadu_ps(st.acc + c * kVEC);
-            a1[c] = _mm512_setzero_ps();
-        }
-        int32_t j = 0;
-        for (; j + 2 <= count; j += 2)
-        {
-            auto const* v0 = vBase + static_cast<int64_t>(idx[j]) * d;
-            auto const* v1 = vBase + static_cast<int64_t>(idx[j + 1]) * d;
-            __m512 const p0 = _mm512_set1_ps(logits[j]);
-            __m512 const p1 = _mm512_set1_ps(logits[j + 1]);
-            for (int32_t c = 0; c < nc; ++c)
-            {
-                a0[c] = _mm512_fmadd_ps(p0, loadVec<E>(v0 + c * kVEC), a0[c]);
-                a1[c] = _mm512_fmadd_ps(p1, loadVec<E>(v1 + c * kVEC), a1[c]);
-            }
-        }
-        if (j < count)
-        {
-            auto const* v0 = vBase + static_cast<int64_t>(idx[j]) * d;
-            __m512 const p0 = _mm512_set1_ps(logits[j]);
-            for (int32_t c = 0; c < nc; ++c)
-            {
-                a0[c] = _mm512_fmadd_ps(p0, loadVec<E>(v0 + c * kVEC), a0[c]);
-            }
-        }
-        for (int32_t c = 0; c < nc; ++c)
-        {
-            _mm512_storeu_ps(st.acc + c * kVEC, _mm512_add_ps(a0[c], a1[c]));
-        }
-        return;
+    case 16: attendSegmentVec<E, 1>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 32: attendSegmentVec<E, 2>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 48: attendSegmentVec<E, 3>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 64: attendSegmentVec<E, 4>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 80: attendSegmentVec<E, 5>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 96: attendSegmentVec<E, 6>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 112: attendSegmentVec<E, 7>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    case 128: attendSegmentVec<E, 8>(q, kBase, vBase, idx, count, scale, st, logits); return;
+    default: break;
     }
 #endif
     float mt = -std::numeric_limits<float>::infinity();
@@ -878,6 +930,7 @@ void runItems(Setup const& s, int64_t begin, int64_t end, TopKMaskedAttentionCpu
     size_t const rb = static_cast<size_t>(s.rowBlock);
     ensure(w.coefVal, static_cast<size_t>(p.rank));
     ensure(w.coefIdx, static_cast<size_t>(p.rank));
+    ensure(w.basisRows, static_cast<size_t>(p.rank));
     ensure(w.scores, n);
     ensure(w.candKey, n);
     ensure(w.candIdx, n);
