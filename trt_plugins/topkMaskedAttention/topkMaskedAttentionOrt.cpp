@@ -33,6 +33,10 @@ using sparsifiner::cpu::DataType;
 using sparsifiner::cpu::TopKMaskedAttentionCpuParams;
 namespace spec = sparsifiner::plugin;
 
+//! Computes run by this library in this process (tests check that the kernel, not the
+//! model's local function, ran).
+std::atomic<int64_t> gComputeCalls{0};
+
 //! The error every check throws; ComputeV2 turns it into an OrtStatus.
 struct OpError : std::runtime_error
 {
@@ -114,6 +118,7 @@ public:
     {
         try
         {
+            gComputeCalls.fetch_add(1);
             compute(context);
             return nullptr;
         }
@@ -361,6 +366,12 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
     {
         return api->CreateStatus(ORT_FAIL, e.what());
     }
+}
+
+//! How many times the op ran in this process.
+__attribute__((visibility("default"))) int64_t SparsifinerTopKMaskedAttentionCpuCalls()
+{
+    return gComputeCalls.load();
 }
 
 //! The instruction set of the kernel's vector paths ("avx512" or "portable").
