@@ -248,13 +248,18 @@ int32_t countAtLeast(uint32_t const* keys, int32_t n, uint32_t t)
     return count;
 }
 
-//! Keeps the keys >= t (upper) or < t (lower) in place; returns how many remain.
-int32_t compactKeys(uint32_t* keys, int32_t n, uint32_t t, bool upper)
+//! Keeps the keys >= t (upper) or < t (lower) in place and returns how many remain;
+//! their smallest and largest key go to r (the same pass).
+int32_t compactKeys(uint32_t* keys, int32_t n, uint32_t t, bool upper, Range& r)
 {
     int32_t out = 0;
     int32_t i = 0;
+    uint32_t lo = 0xFFFFFFFFU;
+    uint32_t hi = 0;
 #if SPARSIFINER_CPU_AVX512
     __m512i const vt = _mm512_set1_epi32(static_cast<int32_t>(t));
+    __m512i vlo = _mm512_set1_epi32(-1);
+    __m512i vhi = _mm512_setzero_si512();
     for (; i + kVEC <= n; i += kVEC)
     {
         __m512i const x = _mm512_loadu_si512(keys + i);
@@ -263,20 +268,29 @@ int32_t compactKeys(uint32_t* keys, int32_t n, uint32_t t, bool upper)
         // Register compress + full store: the memory form of vpcompressd is slow on Zen 4.
         _mm512_storeu_si512(keys + out, _mm512_maskz_compress_epi32(keep, x));
         out += __builtin_popcount(keep);
+        vlo = _mm512_mask_min_epu32(vlo, keep, vlo, x);
+        vhi = _mm512_mask_max_epu32(vhi, keep, vhi, x);
     }
+    lo = _mm512_reduce_min_epu32(vlo);
+    hi = _mm512_reduce_max_epu32(vhi);
 #endif
     for (; i < n; ++i)
     {
         uint32_t const x = keys[i];
+        bool const keep = (x >= t) == upper;
         keys[out] = x;
-        out += ((x >= t) == upper) ? 1 : 0;
+        out += keep ? 1 : 0;
+        lo = keep ? std::min(lo, x) : lo;
+        hi = keep ? std::max(hi, x) : hi;
     }
+    r = {lo, hi};
     return out;
 }
 
 //! The k-th largest of keys[0..n) (1 <= k <= n) and how many keys are strictly larger.
-//! Destroys the array. A bitwise descent: each step halves the key range still open,
-//! drops the keys outside it and stops as soon as the open keys are all equal.
+//! Destroys the array. A bitwise descent: each step splits the open key range at its
+//! highest differing bit, drops the keys on the side that cannot hold the k-th, and
+//! stops as soon as the open keys are all equal or all needed.
 void kthLargestKey(uint32_t* keys, int32_t n, int32_t k, uint32_t& kth, int32_t& greater)
 {
     int32_t above = 0; // keys known to be larger than every open key
@@ -296,20 +310,18 @@ void kthLargestKey(uint32_t* keys, int32_t n, int32_t k, uint32_t& kth, int32_t&
             greater = above + countAtLeast(keys, n, r.lo + 1U);
             return;
         }
-        // Split the open range at its highest differing bit: everything above is common.
         int32_t const bit = 31 - __builtin_clz(r.lo ^ r.hi);
         uint32_t const mid = (r.hi >> bit) << bit;
         int32_t const upperCount = countAtLeast(keys, n, mid);
         if (upperCount >= need)
         {
-            n = compactKeys(keys, n, mid, true);
+            n = compactKeys(keys, n, mid, true, r);
         }
         else
         {
             above += upperCount;
-            n = compactKeys(keys, n, mid, false);
+            n = compactKeys(keys, n, mid, false, r);
         }
-        r = keyRange(keys, n);
     }
 }
 
