@@ -311,6 +311,30 @@ void kthLargestKey(uint32_t* keys, int32_t n, int32_t k, uint32_t& kth, int32_t&
             return;
         }
         int32_t const bit = 31 - __builtin_clz(r.lo ^ r.hi);
+#if SPARSIFINER_CPU_AVX512
+        if (n <= 2 * kVEC)
+        {
+            // Few keys left: finish the descent bit by bit in two registers, no compaction.
+            __m512i const a = _mm512_maskz_loadu_epi32(tailMask(n), keys);
+            __m512i const b = _mm512_maskz_loadu_epi32(tailMask(n - kVEC), keys + kVEC);
+            __mmask16 const ma = tailMask(n);
+            __mmask16 const mb = tailMask(n - kVEC);
+            uint32_t t = bit == 31 ? 0U : (r.hi >> (bit + 1)) << (bit + 1); // the common prefix
+            for (int32_t i = bit; i >= 0; --i)
+            {
+                uint32_t const trial = t | (1U << i);
+                __m512i const vt = _mm512_set1_epi32(static_cast<int32_t>(trial));
+                int32_t const cnt = __builtin_popcount(_mm512_mask_cmpge_epu32_mask(ma, a, vt))
+                    + __builtin_popcount(_mm512_mask_cmpge_epu32_mask(mb, b, vt));
+                t = cnt >= need ? trial : t;
+            }
+            __m512i const vt1 = _mm512_set1_epi32(static_cast<int32_t>(t));
+            kth = t;
+            greater = above + __builtin_popcount(_mm512_mask_cmpgt_epu32_mask(ma, a, vt1))
+                + __builtin_popcount(_mm512_mask_cmpgt_epu32_mask(mb, b, vt1));
+            return;
+        }
+#endif
         uint32_t const mid = (r.hi >> bit) << bit;
         int32_t const upperCount = countAtLeast(keys, n, mid);
         if (upperCount >= need)
@@ -702,6 +726,22 @@ void attendSegmentVec(float const* q, typename E::Storage const* kBase, typename
     for (int32_t g = 0; g < count; g += kVEC)
     {
         int32_t const m = std::min(kVEC, count - g);
+        if (m <= 4)
+        {
+            // A short tail: a horizontal sum per key costs less than a padded group.
+            for (int32_t l = 0; l < m; ++l)
+            {
+                auto const* kr = kBase + static_cast<int64_t>(idx[g + l]) * d;
+                __m512 a = _mm512_mul_ps(qv[0], loadVec<E>(kr));
+                for (int32_t c = 1; c < nc; ++c)
+                {
+                    a = _mm512_fmadd_ps(qv[c], loadVec<E>(kr + c * kVEC), a);
+                }
+                logits[g + l] = _mm512_reduce_add_ps(a) * scale;
+            }
+            vmax = _mm512_mask_max_ps(vmax, tailMask(m), _mm512_loadu_ps(logits + g), vmax);
+            continue;
+        }
         __m512 dots[16];
         for (int32_t l = 0; l < kVEC; ++l)
         {
