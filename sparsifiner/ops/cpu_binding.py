@@ -124,7 +124,8 @@ def native_cpu_status(build: bool = False) -> str:
 
 
 def topk_masked_attention_cpu(q, k, v, coef, basis, budget: int, scale: float, cls_rows: int = 1, *,
-                              row_block: int = 0, key_tile: int = 0, sample_min_n: int = 0, stats: bool = False):
+                              row_block: int = 0, key_tile: int = 0, sample_min_n: int = 0, l1_keys: int = 0,
+                              stats: bool = False):
     """Call the kernel directly with its tuning knobs (0 = default); with stats=True also
     return its counters as a dict (rows, sampled_rows, fallback_rows, candidates)."""
     import torch
@@ -133,7 +134,7 @@ def topk_masked_attention_cpu(q, k, v, coef, basis, budget: int, scale: float, c
     try:
         out, counters = getattr(torch.ops, LIBRARY_NAMESPACE).forward_tuned(
             q, k, v, coef, basis, int(budget), float(scale), int(cls_rows), int(row_block), int(key_tile),
-            int(sample_min_n))
+            int(sample_min_n), int(l1_keys))
     except RuntimeError as exc:
         raise SparsifinerError(str(exc).splitlines()[0]) from exc
     if stats:

@@ -213,3 +213,19 @@ def native_op_calls(path: Path | None = None) -> int:
 def native_isa(path: Path | None = None) -> str:
     """The instruction set of the library's vector paths ("avx512" or "portable")."""
     return _handle(path or native_library_path(build=False)).SparsifinerTopKMaskedAttentionCpuIsa().decode()
+
+
+def main() -> None:
+    """Build the ONNX Runtime library and the torch binding; print where they are."""
+    from sparsifiner.ops.cpu_binding import load_cpu_binding
+
+    try:
+        path = native_library_path(verbose=False)
+        print(f"ONNX Runtime op: {path} ({native_isa(path)})")
+        print(f"torch CPU op:    {load_cpu_binding()}")
+    except SparsifinerError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -38,8 +38,9 @@ def test_masks_equal_reference(binding, b, h, n, r, c, budget):
     assert torch.equal(mask, reference_mask(coef, basis, budget, c))
 
 
-@pytest.mark.parametrize("knobs", [dict(row_block=1, key_tile=16), dict(row_block=7, key_tile=100, sample_min_n=-1),
-                                   dict(row_block=64, key_tile=4097, sample_min_n=256)])
+@pytest.mark.parametrize("knobs", [dict(row_block=1, key_tile=16, l1_keys=-1), dict(row_block=7, key_tile=100, sample_min_n=-1),
+                                   dict(row_block=64, key_tile=4097, sample_min_n=256, l1_keys=-1),
+                                   dict(row_block=5, l1_keys=17)])
 def test_tuning_knobs_never_change_the_mask(binding, knobs):
     coef, basis = structured_inputs(1, 1, 1025, 32, 1, seed=1)
     q, k, v = random_qkv(1, 1, 1025, 32, seed=2)

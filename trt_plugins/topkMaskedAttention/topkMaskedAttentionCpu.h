@@ -62,6 +62,7 @@ struct TopKMaskedAttentionCpuParams
     int32_t rowBlock{0};    //!< query rows per work item
     int32_t keyTile{0};     //!< keys per K/V tile of the key-blocked attention loop
     int32_t sampleMinN{0};  //!< N from which selection starts from a sampled threshold (-1: never)
+    int32_t l1Keys{0};      //!< keys per tile of the L1-tiled two-pass attention (-1: never; 0: by budget)
 };
 
 //! Counters of one run (optional; for tests and the benchmark).

@@ -44,7 +44,7 @@ DataType toDataType(at::ScalarType t, char const* name)
 
 std::tuple<at::Tensor, at::Tensor> forwardTuned(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v,
     at::Tensor const& coef, at::Tensor const& basis, int64_t budget, double scale, int64_t clsRows, int64_t rowBlock,
-    int64_t keyTile, int64_t sampleMinN)
+    int64_t keyTile, int64_t sampleMinN, int64_t l1Keys)
 {
     TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
         "TopKMaskedAttention: q, k, v must all be [B, H, N, d]; got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
@@ -101,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> forwardTuned(at::Tensor const& q, at::Tensor 
     p.rowBlock = static_cast<int32_t>(rowBlock);
     p.keyTile = static_cast<int32_t>(keyTile);
     p.sampleMinN = static_cast<int32_t>(sampleMinN);
+    p.l1Keys = static_cast<int32_t>(l1Keys);
     char const* reason = sparsifiner::cpu::validateTopKMaskedAttentionCpu(p);
     TORCH_CHECK(reason == nullptr, "TopKMaskedAttention: ", reason == nullptr ? "" : reason);
 
@@ -132,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> forwardTuned(at::Tensor const& q, at::Tensor 
 at::Tensor forward(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& coef,
     at::Tensor const& basis, int64_t budget, double scale, int64_t clsRows)
 {
-    return std::get<0>(forwardTuned(q, k, v, coef, basis, budget, scale, clsRows, 0, 0, 0));
+    return std::get<0>(forwardTuned(q, k, v, coef, basis, budget, scale, clsRows, 0, 0, 0, 0));
 }
 
 std::string isa()
@@ -147,7 +148,7 @@ TORCH_LIBRARY(sparsifiner_cpu, m)
     m.def("forward(Tensor q, Tensor k, Tensor v, Tensor coef, Tensor basis, int budget, float scale, int cls_rows) "
           "-> Tensor");
     m.def("forward_tuned(Tensor q, Tensor k, Tensor v, Tensor coef, Tensor basis, int budget, float scale, "
-          "int cls_rows, int row_block, int key_tile, int sample_min_n) -> (Tensor, Tensor)");
+          "int cls_rows, int row_block, int key_tile, int sample_min_n, int l1_keys) -> (Tensor, Tensor)");
     m.def("isa() -> str", &isa);
 }
 
