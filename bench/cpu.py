@@ -384,6 +384,34 @@ def plot(paths: list, png: str) -> None:
     fig.savefig(png, dpi=120)
 
 
+TARGETS = [  # (level, label, match, candidate, target)
+    ("op", "op N=4097 B=49 vs ORT dense", lambda r: r["n"] == 4097 and r["budget"] == 49, "ort_native", 5.0),
+    ("op", "op N=1025 keep 0.25 vs ORT dense", lambda r: r["n"] == 1025 and r["budget"] == 256, "ort_native", 1.3),
+    ("op", "op N=4097 keep 0.25 vs ORT dense", lambda r: r["n"] == 4097 and r["budget"] == 1024, "ort_native", 1.3),
+    ("e2e", "e2e 224 px vs dense", lambda r: r["img_size"] == 224, "native_keep25", 1.0),
+    ("e2e", "e2e 1024 px keep 0.25 vs dense", lambda r: r["img_size"] == 1024, "native_keep25", 1.15),
+    ("e2e", "e2e 1024 px B=49 vs dense", lambda r: r["img_size"] == 1024, "native_b49", 2.0),
+    ("e2e", "e2e 1024 px local function vs dense", lambda r: r["img_size"] == 1024, "function_keep25", None),
+]
+
+
+def table(paths: list) -> str:
+    """Markdown: every target, per batch, wall-clock and (1 thread) CPU-time ratios."""
+    data = [json.loads(Path(p).read_text()) for p in paths]
+    lines = ["| target | batch | threads | ratio (wall, median) | ratio (CPU time) | goal | met | load |",
+             "|---|---|---|---|---|---|---|---|"]
+    for level, label, match, cand, goal in TARGETS:
+        for d in (d for d in data if d["level"] == level):
+            key = "ratios_vs_ort_dense" if level == "op" else "ratios_vs_dense"
+            for r in (r for r in d["results"] if match(r) and cand in r[key]):
+                wall, cpu = r[key][cand], r.get("cpu_" + key, {}).get(cand)
+                met = "-" if goal is None else ("yes" if (cpu or wall) >= goal else "no")
+                lines.append(f"| {label} | {r['batch']} | {r['threads']} | {wall:.2f}x | "
+                             f"{'-' if cpu is None else f'{cpu:.2f}x'} | {'-' if goal is None else f'>= {goal}x'} | "
+                             f"{met} | {r['load_before']:.1f}-{r['load_after']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -406,9 +434,14 @@ def main(argv=None) -> None:
     pl = sub.add_parser("plot")
     pl.add_argument("paths", nargs="+")
     pl.add_argument("--png", required=True)
+    tb = sub.add_parser("table", help="the targets of issue 11 as a markdown table")
+    tb.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
     if args.cmd == "plot":
         plot(args.paths, args.png)
+        return
+    if args.cmd == "table":
+        print(table(args.paths))
         return
     result = bench_op(args) if args.cmd == "op" else bench_e2e(args)
     result["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv)
