@@ -375,7 +375,7 @@ def bench_e2e(args) -> dict:
             cands = {"dense": lambda: dense.run(None, feed)}
             for v, sess in native.items():
                 cands[f"native_{v}"] = (lambda s: lambda: s.run(None, {s.get_inputs()[0].name: x}))(sess)
-            if size < args.function_max_size or batch == 1:
+            if not args.no_function and (size < args.function_max_size or batch == 1):
                 cands[f"function_{args.variants[0]}"] = lambda: function.run(None, {function.get_inputs()[0].name: x})
             repeats = max(2, min(args.repeats, int(args.budget_seconds / max(1e-3, _once(dense, feed)))))
             res = interleaved(cands, repeats)
@@ -468,6 +468,7 @@ def main(argv=None) -> None:
     e2e.add_argument("--variants", type=lambda s: s.split(","), default=["keep25", "b49"])
     e2e.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     e2e.add_argument("--function-max-size", type=int, default=1024, help="batch 8 runs the function path below this")
+    e2e.add_argument("--no-function", action="store_true", help="skip the local-function candidate (memory, time)")
     for p in (op, e2e):
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--repeats", type=int, default=9)
