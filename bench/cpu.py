@@ -418,7 +418,7 @@ def plot(paths: list, png: str) -> None:
             ax.bar(xs, [vals[lab] for lab in labels if lab in vals], width, label=name)
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, fontsize=6, rotation=90)
-        ax.set_ylabel("speed-up vs dense (median)")
+        ax.set_ylabel(("CPU-time" if key.startswith("cpu_") else "wall-clock") + " speed-up vs dense (median)")
         ax.set_yscale("log")
         ax.set_title(f"{d['level']}: {d['machine']['cpu']}, {d['results'][0]['threads']} threads")
         ax.legend(fontsize=7)
