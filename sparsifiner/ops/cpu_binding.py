@@ -9,9 +9,11 @@ the native kernel; calls that need gradients keep the differentiable reference
 (``sparsifiner.ops.custom_op``).
 
 ``try_load_cpu_binding()`` loads an existing build and never compiles: the op calls it
-once per process, so a build made earlier (by ``load_cpu_binding()``, ``sparsifiner
-validate`` or the tests) is picked up automatically. ``SPARSIFINER_NATIVE_CPU=0`` keeps
-the reference. Importing this module imports neither torch's compiler machinery nor
+once per process, so a build made earlier (by ``load_cpu_binding()``, ``python -m
+sparsifiner.runtime.ort_native`` or the tests) is picked up automatically;
+``SPARSIFINER_NATIVE_CPU=0`` turns that automatic use off (the test suite does, so other
+tests keep the bit-exact reference) and ``set_cpu_kernel_enabled`` switches a loaded
+kernel off and on. Importing this module imports neither torch's compiler machinery nor
 the library.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ LIBRARY_NAMESPACE = "sparsifiner_cpu"
 STAT_NAMES = ("rows", "sampled_rows", "fallback_rows", "candidates")
 
 _lock = threading.Lock()
-_state: dict = {"loaded": None, "tried": False}
+_state: dict = {"loaded": None, "tried": False, "enabled": True}
 
 
 def _torch_flags() -> list[str]:
@@ -57,7 +59,8 @@ def library_path() -> Path:
 
 
 def cpu_binding_loaded() -> bool:
-    return _state["loaded"] is not None
+    """True when CPU calls of the op run the native kernel."""
+    return _state["loaded"] is not None and _state["enabled"]
 
 
 def _register(path: Path) -> None:
@@ -65,10 +68,15 @@ def _register(path: Path) -> None:
 
     from sparsifiner.ops.custom_op import topk_masked_attention_op
 
+    from sparsifiner.ops.reference import topk_masked_attention_reference
+
     torch.ops.load_library(str(path))
     forward = getattr(torch.ops, LIBRARY_NAMESPACE).forward
 
     def cpu_impl(q, k, v, coef, basis, budget, scale, cls_rows):
+        if not _state["enabled"]:
+            with torch.no_grad():
+                return topk_masked_attention_reference(q, k, v, coef, basis, budget, scale, cls_rows)
         return forward(q, k, v, coef, basis, budget, scale, cls_rows)
 
     topk_masked_attention_op.register_kernel("cpu")(cpu_impl)
@@ -81,8 +89,6 @@ def load_cpu_binding(build: bool = True, verbose: bool = False) -> Path:
     with _lock:
         if _state["loaded"] is not None:
             return _state["loaded"]
-        if os.environ.get(DISABLE_ENV) == "0":
-            raise SparsifinerError(f"the native CPU kernel is turned off (${DISABLE_ENV}=0)")
         path = library_path()
         if not path.is_file():
             if not build:
@@ -102,7 +108,7 @@ def try_load_cpu_binding() -> bool:
     """Load an existing build once per process (never compiles); True when the kernel is registered."""
     if _state["loaded"] is not None:
         return True
-    if _state["tried"]:
+    if _state["tried"] or os.environ.get(DISABLE_ENV) == "0":
         return False
     _state["tried"] = True
     try:
@@ -110,6 +116,13 @@ def try_load_cpu_binding() -> bool:
         return True
     except SparsifinerError:
         return False
+
+
+def set_cpu_kernel_enabled(enabled: bool) -> None:
+    """Route CPU calls of the op to the loaded native kernel (True) or back to the reference."""
+    if _state["loaded"] is None:
+        raise SparsifinerError("the native CPU kernel is not loaded; call load_cpu_binding() first")
+    _state["enabled"] = bool(enabled)
 
 
 def native_cpu_status(build: bool = False) -> str:

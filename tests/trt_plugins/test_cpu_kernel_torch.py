@@ -22,7 +22,10 @@ from sparsifiner.ops.reference import topk_masked_attention_reference
 def binding():
     if native_build.find_compiler() is None:
         pytest.skip("no C++ compiler (g++ or clang++) to build the native CPU kernel")
-    return cpu_binding.load_cpu_binding()
+    path = cpu_binding.load_cpu_binding()
+    cpu_binding.set_cpu_kernel_enabled(True)
+    yield path
+    cpu_binding.set_cpu_kernel_enabled(False)  # later tests keep the reference
 
 
 def kernel(*args, **kwargs):
@@ -112,8 +115,17 @@ def test_model_forward_uses_the_kernel_and_matches_the_reference(binding, monkey
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
 
 
-def test_native_cpu_can_be_turned_off():
+def test_native_cpu_can_be_turned_off(binding):
     script = "from sparsifiner.ops import cpu_binding; print(cpu_binding.try_load_cpu_binding())"
     env = {**__import__("os").environ, cpu_binding.DISABLE_ENV: "0"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr[-1000:]
+
+
+def test_a_built_kernel_is_picked_up_by_a_fresh_process(binding):
+    env = {**__import__("os").environ, cpu_binding.DISABLE_ENV: "1"}
+    script = ("import torch; from sparsifiner.ops import cpu_binding, topk_masked_attention; "
+              "q = torch.randn(1, 1, 8, 16); coef = torch.rand(1, 1, 7, 4); basis = torch.rand(4, 8); "
+              "topk_masked_attention(q, q, q, coef, basis, 3, 0.25); print(cpu_binding.cpu_binding_loaded())")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr[-1000:]
