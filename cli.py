@@ -57,10 +57,11 @@ OPTIONS = {
     "num_batches": click.option("--num-batches", type=int, default=2, show_default=True,
                                 help="Batches of random or demo inputs."),
     "input_seed": click.option("--input-seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
-    "ort_op": click.option("--ort-op", type=click.Choice(["function", "extensions"]), default="function",
+    "ort_op": click.option("--ort-op", type=click.Choice(["auto", "function", "native", "extensions"]), default="auto",
                            show_default=True,
-                           help="How ONNX Runtime runs TopKMaskedAttention: the graph's local function, or the op "
-                                "itself (an onnxruntime-extensions Python op running the PyTorch reference)."),
+                           help="How ONNX Runtime runs TopKMaskedAttention: the graph's local function, the native "
+                                "C++ kernel (built on demand), or an onnxruntime-extensions Python op running the "
+                                "PyTorch reference; auto = native when built, else function."),
     "atol": click.option("--atol", type=float, default=None,
                          help="Absolute tolerance. [default: 1e-4 fp32, 2e-2 fp16, 6e-2 bf16]"),
     "rtol": click.option("--rtol", type=float, default=None,

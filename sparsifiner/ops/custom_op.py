@@ -2,8 +2,9 @@
 
 The registered default implementation is the eager reference, on every device; the
 CUDA kernel (``sparsifiner.ops.cuda_binding``) registers a faster CUDA implementation when
-it is loaded. A fake (meta) implementation lets torch.export and torch.compile trace
-the op without running it; the ONNX exporter maps it to the TopKMaskedAttention node.
+it is loaded, the native CPU kernel (``sparsifiner.ops.cpu_binding``) a CPU one. A fake
+(meta) implementation lets torch.export and torch.compile trace the op without running
+it; the ONNX exporter maps it to the TopKMaskedAttention node.
 
 Layout: every implementation returns a new contiguous [B, H, N, d] tensor in q's dtype
 on q's device, whatever the strides of q, k and v (timm's q, k, v are strided views of
@@ -105,4 +106,9 @@ def topk_masked_attention(
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return topk_masked_attention_reference(q, k, v, coef, basis, budget, scale, cls_rows)
     check_inputs(q, k, v, coef, basis, budget, cls_rows)
+    if q.device.type == "cpu":
+        # A native CPU kernel built earlier replaces the reference (loaded once, never built here).
+        from sparsifiner.ops.cpu_binding import try_load_cpu_binding
+
+        try_load_cpu_binding()
     return torch.ops.sparsifiner.topk_masked_attention(q, k, v, coef, basis, int(budget), float(scale), int(cls_rows))

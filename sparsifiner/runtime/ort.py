@@ -1,9 +1,13 @@
-"""ONNX Runtime sessions for exported Sparsifiner graphs, with two ways to run the op.
+"""ONNX Runtime sessions for exported Sparsifiner graphs, with three ways to run the op.
 
 A custom-form graph carries TopKMaskedAttention nodes plus a model-local function of
 the same name. ``op_backend`` picks how ONNX Runtime executes them:
 
 * "function": stock ONNX Runtime inlines the local function (standard ops).
+* "native": the C++ CPU kernel, registered from the custom-op library that
+  ``sparsifiner.runtime.ort_native`` builds (on demand, cached); a registered kernel
+  takes precedence over the local function, so the graph is used as it is.
+* "auto" (the default): "native" when that library is already built, else "function".
 * "extensions": the op itself runs, as an onnxruntime-extensions Python op whose
   body is the eager reference (``sparsifiner.ops.reference``). Extensions' Python ops
   live in the domain ``ai.onnx.contrib`` and take fixed types, so a copy of the graph
@@ -21,7 +25,7 @@ from typing import Union
 from sparsifiner import op_spec
 from sparsifiner.errors import SparsifinerError
 
-OP_BACKENDS = ("function", "extensions")
+OP_BACKENDS = ("auto", "function", "native", "extensions")
 # How many times the extensions op ran in this process (tests check it is used).
 EXTENSIONS_OP_CALLS = {"count": 0}
 _REGISTERED: dict = {}
@@ -60,18 +64,32 @@ def has_custom_op(model) -> bool:
     return any(n.domain == op_spec.OP_DOMAIN and n.op_type == op_spec.OP_NAME for n in model.graph.node)
 
 
-def create_session(model_or_path, op_backend: str = "function", providers=("CPUExecutionProvider",),
+def resolve_op_backend(op_backend: str) -> str:
+    """The backend a session with ``op_backend`` uses: "auto" becomes "native" when built, else "function"."""
+    if op_backend not in OP_BACKENDS:
+        raise SparsifinerError(f"--ort-op must be one of {', '.join(OP_BACKENDS)}; got {op_backend!r}")
+    if op_backend == "auto":
+        from sparsifiner.runtime.ort_native import native_available
+
+        return "native" if native_available() else "function"
+    return op_backend
+
+
+def create_session(model_or_path, op_backend: str = "auto", providers=("CPUExecutionProvider",),
                    threads: int = 0):
     """An InferenceSession for an exported graph; see the module docstring for op_backend."""
     import onnxruntime as ort
 
-    if op_backend not in OP_BACKENDS:
-        raise SparsifinerError(f"--ort-op must be one of {', '.join(OP_BACKENDS)}; got {op_backend!r}")
+    op_backend = resolve_op_backend(op_backend)
     model = load_model_proto(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if op_backend == "native" and has_custom_op(model):
+        from sparsifiner.runtime.ort_native import native_library_path
+
+        options.register_custom_ops_library(str(native_library_path()))
     if op_backend == "extensions" and has_custom_op(model):
         model = route_to_extensions(model)
         from onnxruntime_extensions import get_library_path

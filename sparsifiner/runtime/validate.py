@@ -32,7 +32,8 @@ class ValidateSettings:
     inputs: "random" (standard normal, seeded), "demo" (the digits of sparsifiner.data)
         or a folder of images (preprocessed with the file's timm data config).
     batch: batch size (default: the graph's fixed size, else 4); num_batches: how many
-        random or demo batches. ort_op: "function" or "extensions" (see sparsifiner.runtime.ort).
+        random or demo batches. ort_op: "auto", "function", "native" or "extensions"
+        (see sparsifiner.runtime.ort; "auto" takes the native kernel when it is built).
     atol / rtol: None picks the default for the graph's dtype (compare.DEFAULT_TOLERANCES).
     """
 
@@ -42,7 +43,7 @@ class ValidateSettings:
     batch: Optional[int] = None
     num_batches: int = 2
     seed: int = 0
-    ort_op: str = "function"
+    ort_op: str = "auto"
     atol: Optional[float] = None
     rtol: Optional[float] = None
 
@@ -120,10 +121,12 @@ def validate_onnx(settings: ValidateSettings) -> dict:
 
     feeds = build_feeds(settings.inputs, preprocess, batch, settings.num_batches, settings.seed)
 
+    ort_op = ort_runtime.resolve_op_backend(settings.ort_op)
     calls_before = ort_runtime.EXTENSIONS_OP_CALLS["count"]
     coef_names = list((info.get("op_inputs") or {}).get("coef") or []) if info["attention"] != "dense" else []
+    native_before = _native_calls() if ort_op == "native" else 0
     torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]))
-    ort_runner = OrtRunner(OrtSessionLoader(settings.onnx_path, settings.ort_op, extra_outputs=coef_names))
+    ort_runner = OrtRunner(OrtSessionLoader(settings.onnx_path, ort_op, extra_outputs=coef_names))
     if coef_names:
         run = run_selection_aware(torch_runner, ort_runner, feeds, coef_names, atol, rtol)
     else:
@@ -138,8 +141,10 @@ def validate_onnx(settings: ValidateSettings) -> dict:
         "source": source.kind,
         "trained": info.get("trained"),
         "budget": info.get("budget"),
-        "ort_op": settings.ort_op,
+        "ort_op": ort_op,
         "extensions_op_calls": ort_runtime.EXTENSIONS_OP_CALLS["count"] - calls_before,
+        "native_op_calls": _native_calls() - native_before if ort_op == "native" else 0,
+        "torch_op": _torch_op_status(),
         "inputs": feeds.describe() if hasattr(feeds, "describe") else settings.inputs,
         "batch": batch,
         "samples": int(next(iter(reference.values())).shape[0]),
@@ -196,6 +201,19 @@ def run_selection_aware(torch_runner, candidate, feeds, coef_names, atol: float,
     return {"outputs": outputs, "seconds": seconds, "selection": stats}
 
 
+def _native_calls() -> int:
+    from sparsifiner.runtime.ort_native import native_op_calls
+
+    return native_op_calls()
+
+
+def _torch_op_status() -> str:
+    """Which implementation the PyTorch side's op used on CPU (the native kernel once built)."""
+    from sparsifiner.ops.cpu_binding import cpu_binding_loaded
+
+    return "native C++ kernel" if cpu_binding_loaded() else "reference"
+
+
 def format_report(report: dict) -> str:
     """A short human table of a validation report."""
     lines = [
@@ -203,7 +221,9 @@ def format_report(report: dict) -> str:
         f"(budget {report['budget']}, {'trained' if report['trained'] else 'random predictor'})",
         f"inputs: {report['inputs']}, batch {report['batch']}, {report['samples']} samples; "
         f"ONNX Runtime op: {report['ort_op']}" + (f" ({report['extensions_op_calls']} extensions op calls)"
-                                                 if report["ort_op"] == "extensions" else ""),
+                                                 if report["ort_op"] == "extensions" else "")
+        + (f" (C++ kernel, {report['native_op_calls']} calls)" if report["ort_op"] == "native" else "")
+        + f"; PyTorch op: {report.get('torch_op', 'reference')}",
         f"tolerance: |ort - torch| <= {report['atol']:g} + {report['rtol']:g} * |torch|",
         f"{'output':<22} {'max abs':>10} {'max rel':>10} {'p50':>10} {'p90':>10} {'p99':>10} {'top-1':>7} {'bad':>6}  result",
     ]
