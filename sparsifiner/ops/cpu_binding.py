@@ -18,6 +18,7 @@ the library.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -123,6 +124,18 @@ def set_cpu_kernel_enabled(enabled: bool) -> None:
     if _state["loaded"] is None:
         raise SparsifinerError("the native CPU kernel is not loaded; call load_cpu_binding() first")
     _state["enabled"] = bool(enabled)
+
+
+@contextlib.contextmanager
+def reference_cpu_op():
+    """Within the block, CPU calls of the op run the eager reference even when the native
+    kernel is loaded (validation compares every runtime with the spec)."""
+    saved = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = saved
 
 
 def native_cpu_status(build: bool = False) -> str:

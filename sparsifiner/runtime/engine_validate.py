@@ -113,7 +113,7 @@ def validate_engine(settings: EngineValidateSettings) -> dict:
     engine_runner = TrtRunner(settings.engine_path, library)
     engine_runner.activate()  # deserialise before the slow CPU runs
     coef_names = list((info.get("op_inputs") or {}).get("coef") or []) if info["attention"] != "dense" else []
-    torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]))
+    torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]), reference_op=True)
     ort_runner = OrtRunner(OrtSessionLoader(onnx_path, settings.ort_op, extra_outputs=coef_names))
     if coef_names:
         run = run_selection_aware(torch_runner, ort_runner, feeds, coef_names, atol, rtol)

@@ -51,12 +51,15 @@ class OrtSessionLoader:
 class TorchRunner:
     """The PyTorch model on a feed. ``capture_coefficients`` adds each block's op coefficients
     to the outputs (named like the exported graph's tensors); a feed that carries such
-    coefficients has them injected, so the model selects the keys they select."""
+    coefficients has them injected, so the model selects the keys they select.
+    ``reference_op``: the op runs the eager reference (the spec) even where a native CPU
+    kernel is loaded; validation wants the spec, profiling the fast path."""
 
     name = "pytorch"
 
-    def __init__(self, loader, capture_coefficients: bool = False):
+    def __init__(self, loader, capture_coefficients: bool = False, reference_op: bool = False):
         self.loader, self.model, self.capture = loader, None, capture_coefficients
+        self.reference_op = reference_op
 
     def activate(self) -> None:
         if self.model is None:
@@ -70,6 +73,10 @@ class TorchRunner:
         self.activate()
         coefs = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in feed.items() if k.endswith(COEF_SUFFIX)}
         with contextlib.ExitStack() as stack, torch.inference_mode():
+            if self.reference_op:
+                from sparsifiner.ops.cpu_binding import reference_cpu_op
+
+                stack.enter_context(reference_cpu_op())
             if coefs:
                 stack.enter_context(inject_coefficients(self.model, coefs))
             captured = stack.enter_context(capture_coefficients(self.model)) if self.capture else {}

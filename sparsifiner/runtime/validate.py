@@ -125,7 +125,7 @@ def validate_onnx(settings: ValidateSettings) -> dict:
     calls_before = ort_runtime.EXTENSIONS_OP_CALLS["count"]
     coef_names = list((info.get("op_inputs") or {}).get("coef") or []) if info["attention"] != "dense" else []
     native_before = _native_calls() if ort_op == "native" else 0
-    torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]))
+    torch_runner = TorchRunner(TorchModelLoader(source, info["attention"]), reference_op=True)
     ort_runner = OrtRunner(OrtSessionLoader(settings.onnx_path, ort_op, extra_outputs=coef_names))
     if coef_names:
         run = run_selection_aware(torch_runner, ort_runner, feeds, coef_names, atol, rtol)
@@ -144,7 +144,7 @@ def validate_onnx(settings: ValidateSettings) -> dict:
         "ort_op": ort_op,
         "extensions_op_calls": ort_runtime.EXTENSIONS_OP_CALLS["count"] - calls_before,
         "native_op_calls": _native_calls() - native_before if ort_op == "native" else 0,
-        "torch_op": _torch_op_status(),
+        "torch_op": "reference",
         "inputs": feeds.describe() if hasattr(feeds, "describe") else settings.inputs,
         "batch": batch,
         "samples": int(next(iter(reference.values())).shape[0]),
@@ -205,13 +205,6 @@ def _native_calls() -> int:
     from sparsifiner.runtime.ort_native import native_op_calls
 
     return native_op_calls()
-
-
-def _torch_op_status() -> str:
-    """Which implementation the PyTorch side's op used on CPU (the native kernel once built)."""
-    from sparsifiner.ops.cpu_binding import cpu_binding_loaded
-
-    return "native C++ kernel" if cpu_binding_loaded() else "reference"
 
 
 def format_report(report: dict) -> str:

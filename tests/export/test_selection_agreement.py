@@ -4,8 +4,10 @@ With exact scores (sparsifiner.ops.grid) a key set is a function of the op's inp
 whatever the summation order, so the keys read out of each implementation (q = k = 0,
 v one-hot: sparsifiner.runtime.selection.probe_selection) must equal the reference's
 bit for bit, ties included, at fp32 and fp16 inputs. The inputs are what a briefly
-trained digits model feeds its blocks on all 360 val digits; the CPU emulator of the
-CUDA kernels is slow, so it sees the first images only. ``bench/mask_agreement.py``
+trained digits model feeds its blocks on all 360 val digits: the PyTorch reference, the
+ONNX local function and the onnxruntime-extensions op in ONNX Runtime, the native C++
+CPU kernel through ONNX Runtime and through torch, and the CPU emulator of the CUDA
+kernels (slow, so it sees the first images only). ``bench/mask_agreement.py``
 runs the same comparison on the fully trained demo models of several seeds.
 """
 import importlib.util
@@ -103,6 +105,37 @@ def test_ort_and_reference_select_the_same_keys(captured):
         for name, counts in by_impl.items():
             assert counts["rows"] == 2 * 360 * 64
             assert counts["rows_differing"] == 0, (dtype, name, counts)
+
+
+def native_ort_op(dtype, budget, cls_rows):
+    return ort_op("native", dtype, budget, cls_rows)
+
+
+def native_torch_op(dtype, budget, cls_rows):
+    from sparsifiner.ops.cpu_binding import topk_masked_attention_cpu
+
+    return lambda q, k, v, coef, basis: topk_masked_attention_cpu(q, k, v, coef, basis, budget, 1.0, cls_rows)
+
+
+def test_native_cpu_kernel_selects_the_same_keys(captured):
+    from sparsifiner.errors import SparsifinerError
+    from sparsifiner.ops import cpu_binding, native_build
+    from sparsifiner.runtime import ort_native
+
+    if native_build.find_compiler() is None:
+        pytest.skip("no C++ compiler (g++ or clang++) to build the native CPU kernel")
+    try:
+        ort_native.native_library_path()
+    except SparsifinerError as exc:
+        if "headers" not in str(exc):
+            raise
+        pytest.skip(f"no ONNX Runtime headers for the native op: {exc}")
+    cpu_binding.load_cpu_binding()
+    report = selection_agreement(captured, {"ort_native": native_ort_op, "torch_native": native_torch_op},
+                                 head_dim=65)
+    for dtype, by_impl in report.items():
+        for name, counts in by_impl.items():
+            assert counts == {"rows": 2 * 360 * 64, "rows_differing": 0}, (dtype, name)
 
 
 def test_cuda_kernel_emulator_selects_the_same_keys(captured):
