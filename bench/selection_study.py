@@ -86,7 +86,8 @@ def settings_for(seed: int, **sparsifiner):
     return build_train_settings(load_recipe("demo"), overrides)
 
 
-def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None, fill: bool = True) -> list[dict]:
+def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None, fill: bool = True,
+             modes=MODES, variants=tuple(VARIANTS)) -> list[dict]:
     from sparsifiner.train.evaluate import evaluate_checkpoints
     from sparsifiner.train.runner import artifact_path, run_training
 
@@ -98,9 +99,9 @@ def run_seed(seed: int, output: Path, progress: bool, teacher: str | None = None
     run_training(settings_for(seed).replace(checkpoint=teacher), "1", base, resume=True, progress=progress)
     phase1 = str(artifact_path(base, "phase1"))
     rows = []
-    for mode in MODES:
+    for mode in modes:
         for variant, knobs in VARIANTS.items():
-            if variant in FILL_VARIANTS and (mode != "threshold" or not fill):
+            if variant not in variants or variant in FILL_VARIANTS and (mode != "threshold" or not fill):
                 continue
             folder = base / f"{mode}_{variant}"
             settings = settings_for(seed, coef_prune=mode, **knobs).replace(checkpoint=phase1)
@@ -148,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fill-seeds", type=int, default=3, help="Seeds (the first ones) that also run the fill rules")
     parser.add_argument("--teacher", default=None,
                         help="A trained dense teacher shared by all seeds (default: train one per seed)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
@@ -156,7 +159,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for i, seed in enumerate(args.seeds):
-        rows += run_seed(seed, Path(args.output), args.progress, args.teacher, fill=i < args.fill_seeds)
+        rows += run_seed(seed, Path(args.output), args.progress, args.teacher, fill=i < args.fill_seeds,
+                         modes=args.modes, variants=args.variants)
     summary = summarise(rows)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"command": " ".join(["python", "bench/selection_study.py", *sys.argv[1:]]),

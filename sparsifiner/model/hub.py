@@ -24,9 +24,12 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_
 _TRUE = ("1", "on", "yes", "true")
 
 
-def check_pretrained_available(model_name: str) -> None:
-    """Raise a one-line SparsifinerError, quickly, if timm could not get ``model_name``'s weights."""
-    kind, location = _weight_source(model_name)
+def check_pretrained_available(model_name: str, overlay: Optional[dict] = None) -> None:
+    """Raise a one-line SparsifinerError, quickly, if timm could not get ``model_name``'s weights.
+
+    ``overlay`` is timm's ``pretrained_cfg_overlay`` (a local ``file`` there needs no network).
+    """
+    kind, location = _weight_source(model_name, overlay)
     if kind == "hf-hub":
         repo, filename = location if isinstance(location, tuple) else (location, None)
         if _hf_cached(repo, filename):
@@ -50,7 +53,7 @@ def check_pretrained_available(model_name: str) -> None:
                                "with --checkpoint PATH")
 
 
-def _weight_source(model_name: str):
+def _weight_source(model_name: str, overlay: Optional[dict] = None):
     """(kind, location) as timm resolves them: "hf-hub", "url", "file", "state_dict", "local-dir" or ""."""
     import timm
     from timm.models._builder import _resolve_pretrained_source
@@ -61,7 +64,7 @@ def _weight_source(model_name: str):
         cfg = None
     if cfg is None:
         return "", None
-    return _resolve_pretrained_source(cfg.to_dict())
+    return _resolve_pretrained_source({**cfg.to_dict(), **(overlay or {})})
 
 
 def _offline() -> bool:

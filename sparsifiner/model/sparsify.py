@@ -113,7 +113,7 @@ def create_timm_model(model_name: str, *, pretrained: bool = False, img_size: Op
     if pretrained:  # a second or two without network, instead of timm's ~50 s of retries
         from sparsifiner.model.hub import check_pretrained_available
 
-        check_pretrained_available(model_name)
+        check_pretrained_available(model_name, kwargs.get("pretrained_cfg_overlay"))
     try:
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ConnectionError) as exc:

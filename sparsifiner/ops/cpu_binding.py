@@ -11,9 +11,10 @@ the native kernel; calls that need gradients keep the differentiable reference
 ``try_load_cpu_binding()`` loads an existing build and never compiles: the op calls it
 once per process, so a build made earlier (by ``load_cpu_binding()``, ``python -m
 sparsifiner.runtime.ort_native`` or the tests) is picked up automatically;
-``SPARSIFINER_NATIVE_CPU=0`` turns that automatic use off (the test suite does, so other
-tests keep the bit-exact reference) and ``set_cpu_kernel_enabled`` switches a loaded
-kernel off and on. Importing this module imports neither torch's compiler machinery nor
+``SPARSIFINER_NATIVE_CPU=0`` turns that automatic use off: nothing is loaded behind the
+caller's back, and a kernel loaded explicitly (``load_cpu_binding()``, for
+``topk_masked_attention_cpu``) starts switched off (the test suite sets it, so other tests
+keep the bit-exact reference). ``set_cpu_kernel_enabled`` switches a loaded kernel off and on. Importing this module imports neither torch's compiler machinery nor
 the library.
 """
 from __future__ import annotations
@@ -102,6 +103,7 @@ def load_cpu_binding(build: bool = True, verbose: bool = False) -> Path:
         except (OSError, RuntimeError) as exc:
             raise SparsifinerError(f"cannot load the native CPU kernel {path}: {str(exc).splitlines()[0]}") from exc
         _state["loaded"] = path
+        _state["enabled"] = os.environ.get(DISABLE_ENV) != "0"
         return path
 
 

@@ -116,8 +116,8 @@ def fetch_ort_headers() -> Path:
                                "ONNX Runtime release archive (fetching Debian's libonnxruntime-dev needs apt-get)")
     cache = headers_cache()
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp_name:
+        tmp = Path(tmp_name)
         (tmp / "lists" / "partial").mkdir(parents=True)
         (tmp / "cache" / "archives" / "partial").mkdir(parents=True)
         (tmp / "sources.list").write_text(f"deb {mirror} {DEBIAN_SUITE} main\n")
