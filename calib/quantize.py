@@ -169,7 +169,24 @@ def quantize_model(model_path: Path, ranges, exclude: list, settings: CalibrateS
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SparsifinerError(f"ONNX Runtime could not quantise the graph: {first}") from exc
-    return onnx.load(str(out))
+    return restrict_to_layers(onnx.load(str(out)))
+
+
+def restrict_to_layers(model):
+    """Rewire other readers of a quantised activation (ONNX Runtime shares one Q/DQ pair among all
+    readers: a Shape of the input, say) back to the float tensor, so Q/DQ feed MatMul/Gemm/Conv only."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    original = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in producers \
+                and producers[node.input[0]].op_type == "QuantizeLinear":
+            original[node.output[0]] = producers[node.input[0]].input[0]
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OP_TYPES:
+            for i, name in enumerate(node.input):
+                if name in original:
+                    node.input[i] = original[name]
+    return model
 
 
 def qdq_on_float_nodes(model, names) -> list:
