@@ -151,18 +151,20 @@ def plot_profile(report: dict, path) -> None:
     layers = report.get("layers") or []
     fig, axes = plt.subplots(1 + len(layers), 1, figsize=(11, 4.5 + 4 * len(layers)), squeeze=False)
     ax = axes[0][0]
-    rows = report["results"]
+    rows = report["results"][::-1]  # the first target on top
     data = [r["samples_ms"] for r in rows]
     names = [f"{r['target']}\nbatch {r['batch']}" for r in rows]
-    ax.boxplot(data, vert=False, showfliers=True, whis=(5, 95))
+    major, minor = (int(v) for v in matplotlib.__version__.split(".")[:2])
+    horizontal = {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+    ax.boxplot(data, showfliers=False, whis=(5, 95), **horizontal)
     for i, samples in enumerate(data, start=1):
         jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(samples))
-        ax.plot(samples, i + jitter, ".", alpha=0.35, markersize=3)
+        ax.plot(samples, i + jitter, ".", alpha=0.4, markersize=3, color=f"C{i % 10}")
     ax.set_yticks(range(1, len(names) + 1), names, fontsize=7)
     lows, highs = min(min(d) for d in data), max(max(d) for d in data)
     if highs > 10 * lows:
         ax.set_xscale("log")
-    ax.set_xlabel("latency per inference (ms); box: quartiles, whiskers: p5-p95")
+    ax.set_xlabel("latency per inference (ms); box: quartiles, whiskers: p5-p95, dots: every run")
     ax.set_title(f"latency, interleaved (load {_load(report['system']['before'])} on "
                  f"{report['system']['before']['cpus']} CPUs)", fontsize=9)
     colors = {"plugin": "tab:red", "fused": "tab:blue", "sync": "tab:gray", "reformat": "tab:orange"}
