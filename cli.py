@@ -490,16 +490,14 @@ def build_engine_command(onnx_path, engine_path, backend, min_batch, opt_batch, 
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @options("json")
 def calibrate(onnx_path, output_path, data, mode, method, samples, batch_size, limit, no_progress, as_json):
-    """Quantise an export to explicit Q/DQ (TensorRT placement) with ONNX Runtime's static calibration;
-    custom op and predictor stay float. Reports top-1 agreement, accuracy and logit error against the
-    float graph. --data: 'demo'/'digits' (train split calibrates, the val digits report) or an image
-    folder (with train/ and val/: train/ calibrates, val/ reports)."""
+    """Quantise an export to explicit Q/DQ (TensorRT placement; custom op and predictor stay float) with
+    ONNX Runtime; report top-1 agreement, accuracy and logit error against float. --data: demo (digits:
+    train calibrates, val reports) or an image folder (with train/ and val/: train/ calibrates, val/ reports)."""
     from pathlib import Path
 
     from sparsifiner.calib import CalibrateSettings, calibrate as run_calibration, format_calibration
 
-    output = output_path or str(Path(onnx_path).with_suffix(f".{mode}.onnx"))
-    settings = CalibrateSettings(onnx_path=onnx_path, output_path=output,
+    settings = CalibrateSettings(onnx_path, output_path or str(Path(onnx_path).with_suffix(f".{mode}.onnx")),
                                  data="demo" if data in (None, "digits", "demo") else data, mode=mode, method=method,
                                  samples=samples, batch=batch_size or 16, eval_limit=limit,
                                  progress=not (no_progress or as_json))
@@ -512,13 +510,10 @@ def calibrate(onnx_path, output_path, data, mode, method, samples, batch_size, l
 @click.option("--compare", is_flag=True,
               help="Measure several targets interleaved in one process; ratios to the first of each input shape.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--warmup", type=float, default=200.0, show_default=True,
-              help="Warm-up per target and batch in ms (at least one run).")
-@click.option("--duration", type=float, default=3.0, show_default=True,
-              help="Seconds of interleaved measurement per batch size.")
+@click.option("--warmup", type=float, default=200.0, show_default=True, help="Warm-up ms per target (>= 1 run).")
+@click.option("--duration", type=float, default=3.0, show_default=True, help="Seconds of measurement per batch size.")
 @click.option("--iterations", type=int, default=10, show_default=True, help="At least this many rounds per batch size.")
-@click.option("--layer-iterations", type=int, default=20, show_default=True,
-              help="Engines: launches with TensorRT's profiler for per-layer times (0: none).")
+@click.option("--layer-iterations", type=int, default=20, show_default=True, help="Engines: IProfiler launches (0: none).")
 @options("inputs", "input_seed", "ort_op", "threads", "device")
 @click.option("-o", "--output", "prefix", type=click.Path(dir_okay=False), default=None,
               help="Write PREFIX.json, PREFIX.png and per engine PREFIX.N.profile.json (trtexec --exportProfile).")

@@ -61,7 +61,7 @@ def compare_float_quantized(float_model, qdq_model, data, settings) -> dict:
         "images": count,
         "data": feed.describe(),
         "held_out": not data.same_images,
-        "runtime": "onnxruntime (CPU; Q/DQ graph unoptimised)",
+        "runtime": "ONNX Runtime CPU, Q/DQ graph unoptimised",
         "top1_agreement": stats.top1,
         "disagreements": int(np.sum(reference.argmax(1) != candidate.argmax(1))),
         "logit_error": {"max_abs": stats.max_abs, "mean_abs": stats.mean_abs, **stats.quantiles},
@@ -90,7 +90,7 @@ def format_calibration(summary: dict) -> str:
         f"{summary['opset']}: {qdq['QuantizeLinear']} Q / {qdq['DequantizeLinear']} DQ nodes on MatMul/Gemm/Conv "
         f"inputs; kept in float: {kept} nodes",
         f"  calibrated on {summary['calibration']['data']} ({summary['calibration']['seconds']:.1f} s)",
-        f"report on {r['data']} ({r['runtime']})" + ("" if r["held_out"] else ", the calibration images"),
+        f"report on {r['data']}" + ("" if r["held_out"] else " (the calibration source)") + f"; {r['runtime']}",
         f"  {'graph':<18} {'top-1 acc':>10} {'agreement':>10} {'max abs':>9} {'mean abs':>9} {'p99 abs':>9}",
     ]
     acc = r.get("accuracy")
