@@ -234,16 +234,23 @@ def _versions() -> dict:
 def measure(targets: list, runs: dict, settings: ProfileSettings, clock=time.perf_counter, memory=None) -> dict:
     """Interleaved rounds over prepared runs ({target label: callable returning GPU ms or None}).
 
-    Returns {label: {"host_ms": [...], "gpu_ms": [...], "host_peak_mib", "host_infer_mib"}}.
+    Returns {label: {"host_ms": [...], "gpu_ms": [...], "host_peak_mib", "host_infer_mib", "host_warmup_mib"}}:
+    the process's peak RSS while the target ran, the most one run rose above the RSS before it,
+    and what the warm-up added to the RSS for good (ONNX Runtime's arena grows on the first run).
     """
     memory = memory or HostMemory()
     labels = [t for t in targets if t in runs]
-    out = {label: {"host_ms": [], "gpu_ms": [], "host_peak_mib": None, "host_infer_mib": None} for label in labels}
-    for label in labels:  # warm-up, one target at a time
+    out = {label: {"host_ms": [], "gpu_ms": [], "host_peak_mib": None, "host_infer_mib": None, "host_warmup_mib": None}
+           for label in labels}
+    for label in labels:  # warm-up, one target at a time; what it adds to the RSS stays (arenas, caches)
+        before = memory.rss()
         start = clock()
         runs[label]()
         while (clock() - start) * 1000.0 < settings.warmup_ms:
             runs[label]()
+        after = memory.rss()
+        if before is not None and after is not None:
+            out[label]["host_warmup_mib"] = max(0.0, after - before)
     start, rounds = clock(), 0
     while rounds < settings.iterations or clock() - start < settings.duration:
         shift = rounds % len(labels)
@@ -312,6 +319,7 @@ def run_profile(settings: ProfileSettings, progress=None) -> dict:
                    "gpu_ms": latency_stats(record["gpu_ms"], batch) if record["gpu_ms"] else None,
                    "memory": {"host_peak_mib": _round(record["host_peak_mib"]),
                               "host_infer_mib": _round(record["host_infer_mib"]),
+                              "host_warmup_mib": _round(record["host_warmup_mib"]),
                               "host_load_mib": target.details.get("host_load_mib"), **target.device_memory()},
                    "samples_ms": [round(v, 4) for v in record["host_ms"]]}
             results.append(row)

@@ -103,14 +103,13 @@ def format_profile(report: dict) -> str:
              f"machine: {before['cpus']} CPUs, load average {_load(before)} before, {_load(after)} after"]
     width = max([len(r["target"]) for r in report["results"]] + [6])
     head = (f"{'target':<{width}} {'batch':>5} {'p50 ms':>9} {'p90':>9} {'p95':>9} {'p99':>9} {'mean':>9} {'cv':>6} "
-            f"{'img/s':>9} {'n':>4}  {'p50 vs ref (p10-p90)':<22} {'host MiB':>9}")
+            f"{'img/s':>9} {'n':>4}  {'p50 vs ref (p10-p90)':<22} {'host MiB (+run)':>13}")
     lines += [head, "-" * len(head)]
     for row in report["results"]:
         s = row["latency_ms"]
-        mem = row["memory"].get("host_peak_mib")
         lines.append(f"{row['target']:<{width}} {row['batch']:>5} {s['p50']:>9.3f} {s['p90']:>9.3f} {s['p95']:>9.3f} "
                      f"{s['p99']:>9.3f} {s['mean']:>9.3f} {100 * s['cv']:>5.1f}% {s['throughput']:>9.1f} {s['n']:>4}  "
-                     f"{_ratio_text(row):<22} {'-' if mem is None else f'{mem:.0f}':>9}")
+                     f"{_ratio_text(row):<22} {_memory_text(row['memory']):>13}")
         if row.get("gpu_ms"):
             g = row["gpu_ms"]
             mem = row["memory"]
@@ -121,6 +120,9 @@ def format_profile(report: dict) -> str:
     if refs:
         lines.append("ratios: latency / the reference's (first target of the same input shape), taken round by round: "
                      + "; ".join(refs))
+    threads = settings.get("threads")
+    lines.append(f"threads: {threads or 'each runtime its default'}; host MiB: the process's peak RSS while the target "
+                 "ran (+ what its inference added: in the warm-up, or above the RSS before a run)")
     for layers in report.get("layers") or []:
         lines.append(f"layers of {layers['target']} at batch {layers['batch']}: {len(layers['rows'])} layers, "
                      f"{layers['total_ms']:.3f} ms per launch (profiler, no CUDA graph); plugin "
@@ -133,6 +135,16 @@ def format_profile(report: dict) -> str:
     for what, why in (report.get("failures") or {}).items():
         lines.append(f"FAILED {what}: {why}")
     return "\n".join(lines)
+
+
+def _memory_text(memory: dict) -> str:
+    """Peak RSS of the process while the target ran (+ what its inference added: in the warm-up, for good,
+    or above the RSS before a run, whichever is more)."""
+    peak = memory.get("host_peak_mib")
+    if peak is None:
+        return "-"
+    added = [v for v in (memory.get("host_infer_mib"), memory.get("host_warmup_mib")) if v is not None]
+    return f"{peak:.0f}" + (f" (+{max(added):.0f})" if added else "")
 
 
 def _load(state: dict) -> str:

@@ -15,9 +15,6 @@ are a fixed budget).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import numpy as np
 
 from sparsifiner.artifacts import INPUT_NAME, read_metadata
@@ -161,8 +158,3 @@ def load_target(target, settings):
 
     return EngineTarget(target, settings)
 
-
-def image_shape_of(path: str) -> Optional[tuple]:
-    """(C, H, W) an ONNX file's metadata records, else None."""
-    size = read_metadata(Path(path))["preprocess"].get("input_size")
-    return tuple(size) if size else None

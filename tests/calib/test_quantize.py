@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 
 from sparsifiner.artifacts import metadata_of
 from sparsifiner.calib.graph import float_nodes
