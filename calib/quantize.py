@@ -218,6 +218,10 @@ def finish_model(qdq, source, info: dict, settings: CalibrateSettings, floats, r
 
 def calibrate(settings: CalibrateSettings) -> dict:
     """Calibrate, quantise, check, compare and write; returns the summary (also in the sidecar)."""
+    import os
+
+    import onnx
+
     from sparsifiner.artifacts import atomic_write, sidecar_path, write_json
     from sparsifiner.calib.data import calibration_data
     from sparsifiner.calib.graph import float_nodes, name_nodes, qdq_opset_model, sparsifiner_info
@@ -233,6 +237,8 @@ def calibrate(settings: CalibrateSettings) -> dict:
     out = Path(settings.output_path)
     if out.is_dir() or not out.parent.is_dir():
         raise SparsifinerError(f"cannot write {out}: name a file in an existing folder")
+    if not os.access(out.parent, os.W_OK):
+        raise SparsifinerError(f"cannot write to {out.parent}: choose a writable output folder")
     meta = info["sparsifiner"]
     fixed = meta.get("batch") if isinstance(meta.get("batch"), int) else None
     data = calibration_data(settings.data, info["preprocess"], settings.samples, fixed or settings.batch,
@@ -240,8 +246,6 @@ def calibrate(settings: CalibrateSettings) -> dict:
     model = qdq_opset_model(source)
     relabelled = model is not source
     if not relabelled:
-        import onnx
-
         model = onnx.ModelProto()
         model.CopyFrom(source)
     name_nodes(model)
@@ -250,8 +254,6 @@ def calibrate(settings: CalibrateSettings) -> dict:
     with tempfile.TemporaryDirectory(prefix="sparsifiner-calib-") as tmp:
         folder = Path(tmp)
         prepared = folder / "float.onnx"
-        import onnx
-
         onnx.save(model, str(prepared))
         calib_start = time.perf_counter()
         ranges = compute_ranges(prepared, data.calibration, settings, folder,

@@ -107,3 +107,9 @@ def test_folder_calibration_json_output(run, demo_export, tmp_path):
 def test_settings_reject_writing_over_the_input(tmp_path):
     with pytest.raises(SparsifinerError, match="another file"):
         CalibrateSettings(str(tmp_path / "m.onnx"), str(tmp_path / "m.onnx"))
+
+
+def test_a_quantised_graph_is_not_calibrated_again(run, calibrated, tmp_path):
+    path, _ = calibrated("custom", "int8")
+    result = run(path, "-o", tmp_path / "again.onnx")
+    assert result.exit_code == 2 and "is already quantised: calibrate the float export" in result.output
