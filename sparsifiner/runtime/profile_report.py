@@ -108,7 +108,7 @@ def format_profile(report: dict) -> str:
     for row in report["results"]:
         s = row["latency_ms"]
         lines.append(f"{row['target']:<{width}} {row['batch']:>5} {s['p50']:>9.3f} {s['p90']:>9.3f} {s['p95']:>9.3f} "
-                     f"{s['p99']:>9.3f} {s['mean']:>9.3f} {100 * s['cv']:>5.1f}% {s['throughput']:>9.1f} {s['n']:>4}  "
+                     f"{s['p99']:>9.3f} {s['mean']:>9.3f} {100 * s['cv']:>5.1f}% {s['throughput']:>9.3g} {s['n']:>4}  "
                      f"{_ratio_text(row):<22} {_memory_text(row['memory']):>13}")
         if row.get("gpu_ms"):
             g = row["gpu_ms"]
@@ -177,8 +177,8 @@ def plot_profile(report: dict, path) -> None:
     if highs > 10 * lows:
         ax.set_xscale("log")
     ax.set_xlabel("latency per inference (ms); box: quartiles, whiskers: p5-p95, dots: every run")
-    ax.set_title(f"latency, interleaved (load {_load(report['system']['before'])} on "
-                 f"{report['system']['before']['cpus']} CPUs)", fontsize=9)
+    ax.set_title(f"latency, interleaved (load average {_load(report['system']['before'])} before, "
+                 f"{_load(report['system']['after'])} after, {report['system']['before']['cpus']} CPUs)", fontsize=9)
     colors = {"plugin": "tab:red", "fused": "tab:blue", "sync": "tab:gray", "reformat": "tab:orange"}
     for (axrow, layer) in zip(axes[1:], layers):
         ax = axrow[0]

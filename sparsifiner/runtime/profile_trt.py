@@ -8,8 +8,8 @@ and written against the ``tensorrt`` Python API that TensorRT-RTX shares:
   the first launch of a shape), then captures ``execute_async_v3`` in a CUDA graph on the
   runner's stream. A capture failure falls back to plain launches and is reported.
   Each run replays the graph (or launches), timed on the stream with CUDA events.
-* ``layer_times(batch, n)``: n launches without a graph (TensorRT's profiler cannot see
-  inside a CUDA graph; trtexec's ``--separateProfileRun``) with an ``IProfiler`` attached;
+* ``layer_times(batch, n)``: n synchronous ``execute_v2`` runs without a graph (TensorRT's profiler
+  cannot see inside a CUDA graph; trtexec's ``--separateProfileRun``) with an ``IProfiler`` attached;
   per-layer lists of milliseconds, labelled by ``profile_report.label_layers`` with the
   build sidecar's layer list (plugin layers, fused Myelin kernels).
 * memory: device memory the load took (``cudaMemGetInfo`` before and after), the
@@ -149,13 +149,20 @@ class EngineTarget:
         from sparsifiner.runtime.profile_report import layer_report
 
         profiler = layer_profiler(self.trt)
+        engine, tensors = self.engine, self.buffers[batch]
+        bindings = [tensors[engine.get_tensor_name(i)].data_ptr() for i in range(engine.num_io_tensors)]
         self.context.profiler = profiler
         try:
             for _ in range(iterations):
-                self._launch()
-                self.runner.stream.synchronize()
-                if not getattr(self.context, "enqueue_emits_profile", True):
-                    self.context.report_to_profiler()
+                # execute_v2 is the call the profiler documentation of both TensorRT and TensorRT-RTX names
+                if hasattr(self.context, "execute_v2"):
+                    if not self.context.execute_v2(bindings):
+                        raise SparsifinerError(f"TensorRT could not run {self.target.path} with the profiler attached")
+                else:
+                    self._launch()
+                    self.runner.stream.synchronize()
+                    if not getattr(self.context, "enqueue_emits_profile", True):
+                        self.context.report_to_profiler()
         finally:
             self.context.profiler = None
         return layer_report(profiler.times, iterations, self.sidecar, self.layer_info())
