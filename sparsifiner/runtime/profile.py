@@ -74,7 +74,9 @@ def parse_target(spec: str, default_op_backend: str = "function") -> Target:
     if not file.is_file():
         raise SparsifinerError(f"profile target not found: {path}")
     suffix = file.suffix.lower()
-    if suffix in ENGINE_SUFFIXES or file.read_bytes()[:4] in (b"ftrt", b"vtrt"):
+    with open(file, "rb") as f:
+        magic = f.read(4)
+    if suffix in ENGINE_SUFFIXES or magic in (b"ftrt", b"vtrt"):
         unknown = [o for o in options if o not in ("graph", "nograph")]
         if unknown:
             raise SparsifinerError(f"unknown engine option {unknown[0]!r} in {spec}: use graph or nograph")
