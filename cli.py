@@ -481,6 +481,72 @@ def build_engine_command(onnx_path, engine_path, backend, min_batch, opt_batch, 
     emit(sidecar, as_json, format_sidecar(sidecar))
 
 
+# --- calibration and profiling ------------------------------------------------------------------
+
+@cli.command()
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False), default=None,
+              help="The Q/DQ graph (a JSON sidecar goes beside it). [default: MODEL.<mode>.onnx]")
+@options("data")
+@click.option("--mode", default="int8", show_default=True, help="int8 or fp8 (E4M3).")
+@click.option("--method", default=None,
+              help="Calibration: minmax, entropy or percentile (int8); distribution (fp8). [default: minmax / distribution]")
+@click.option("--samples", type=int, default=256, show_default=True, help="Calibration images.")
+@options("batch_size", "limit")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@options("json")
+def calibrate(onnx_path, output_path, data, mode, method, samples, batch_size, limit, no_progress, as_json):
+    """Quantise an export to explicit Q/DQ (TensorRT placement; custom op and predictor stay float) with
+    ONNX Runtime; report top-1 agreement, accuracy and logit error against float. --data: demo (digits:
+    train calibrates, val reports) or an image folder (with train/ and val/: train/ calibrates, val/ reports)."""
+    from pathlib import Path
+
+    from sparsifiner.calib import CalibrateSettings, calibrate as run_calibration, format_calibration
+
+    settings = CalibrateSettings(onnx_path, output_path or str(Path(onnx_path).with_suffix(f".{mode}.onnx")),
+                                 data="demo" if data in (None, "digits", "demo") else data, mode=mode, method=method,
+                                 samples=samples, batch=batch_size or 16, eval_limit=limit,
+                                 progress=not (no_progress or as_json))
+    summary = run_calibration(settings)
+    emit(summary, as_json, format_calibration(summary))
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, metavar="MODEL[@OPTIONS] ...")
+@click.option("--compare", is_flag=True,
+              help="Measure several targets interleaved in one process; ratios to the first of each input shape.")
+@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--warmup", type=float, default=200.0, show_default=True, help="Warm-up ms per target (>= 1 run).")
+@click.option("--duration", type=float, default=3.0, show_default=True, help="Seconds of measurement per batch size.")
+@click.option("--iterations", type=int, default=10, show_default=True, help="At least this many rounds per batch size.")
+@click.option("--layer-iterations", type=int, default=20, show_default=True, help="Engines: IProfiler launches (0: none).")
+@options("inputs", "input_seed", "ort_op", "threads", "device")
+@click.option("-o", "--output", "prefix", type=click.Path(dir_okay=False), default=None,
+              help="Write PREFIX.json, PREFIX.png and per engine PREFIX.N.profile.json (trtexec --exportProfile).")
+@click.option("--no-plot", is_flag=True, help="No PNG.")
+@options("json")
+def profile(targets, compare, batches, warmup, duration, iterations, layer_iterations, inputs, input_seed, ort_op,
+            threads, device, prefix, no_plot, as_json):
+    """Latency percentiles, throughput and memory of deployed models: MODEL.onnx in ONNX Runtime
+    (@cpu, @cuda, @OP-BACKEND such as @extensions, @torch, @compile), a checkpoint in PyTorch
+    (@eager, @compile), an engine in TensorRT (@graph, @nograph; per-layer times, plugin share)."""
+    from sparsifiner.runtime.profile import ProfileSettings, parse_batches, run_profile
+    from sparsifiner.runtime.profile_report import check_prefix, format_profile, write_outputs
+
+    if len(targets) > 1 and not compare:
+        raise SparsifinerError("several models: add --compare to measure them side by side")
+    if prefix:
+        check_prefix(prefix)
+    settings = ProfileSettings(targets=tuple(targets), batches=parse_batches(batches), warmup_ms=warmup,
+                               duration=duration, iterations=iterations, layer_iterations=layer_iterations,
+                               threads=threads, device=device, default_op_backend=ort_op, inputs=inputs,
+                               seed=input_seed)
+    report = run_profile(settings, progress=None if as_json else lambda text: click.echo(text, err=True))
+    if prefix:
+        write_outputs(report, prefix, plot=not no_plot)
+    emit(report, as_json, format_profile(report) + (f"\nwrote {', '.join(report['files'])}" if prefix else ""))
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="sparsifiner")

@@ -148,9 +148,24 @@ def _check_request(settings: EngineBuildSettings) -> tuple:
     if settings.timing_cache and is_rtx(trt) and not gpu_visible():
         raise SparsifinerError("--timing-cache needs a GPU with TensorRT-RTX (its timing cache queries the local GPU "
                                "even in an ahead-of-time build): drop it on a CPU-only machine")
-    resolve_target(trt, settings.compute_capability)
+    target = resolve_target(trt, settings.compute_capability)
+    if qdq_precision(model) == "fp8" and target.startswith("sm") and int(target[2:4]) < 89:
+        raise SparsifinerError(f"{path.name} has fp8 Q/DQ, which needs sm89 or later (Ada, Hopper, Blackwell): "
+                               "build for --compute-capability sm89, sm120 or sm121")
     check_nodes(model, path.name, settings.use_plugin)
     return trt, model
+
+
+def qdq_precision(model) -> Optional[str]:
+    """"int8" or "fp8" for a graph with explicit quantisation (read from its QuantizeLinear
+    zero points, as ``sparsifiner calibrate`` writes them), else None."""
+    import onnx
+
+    inits = {init.name: init.data_type for init in model.graph.initializer}
+    kinds = {inits.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+    if onnx.TensorProto.FLOAT8E4M3FN in kinds:
+        return "fp8"
+    return "int8" if onnx.TensorProto.INT8 in kinds or onnx.TensorProto.UINT8 in kinds else None
 
 
 def _plugin_library(settings: EngineBuildSettings, model, report) -> Optional[str]:
@@ -224,6 +239,7 @@ def build_engine_file(settings: EngineBuildSettings, display: Optional[ProgressD
     sidecar = dict(info, onnx={"path": str(Path(settings.onnx_path).resolve()), "sha256": file_sha256(settings.onnx_path),
                                "attention": meta.get("sparsifiner.attention"),
                                "dtype": meta.get("sparsifiner.dtype", "").strip('"') or None,
+                               "qdq": qdq_precision(model),
                                "op": f"{op_spec.OP_DOMAIN}::{op_spec.OP_NAME}@{op_spec.OP_VERSION}"},
                    settings=settings.to_dict(), seconds=round(time.perf_counter() - start, 2))
     write_engine(settings.destination(), engine, sidecar)

@@ -124,7 +124,8 @@ def format_sidecar(sidecar: dict) -> str:
     io = ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in sidecar["inputs"] + sidecar["outputs"])
     lines = [f"wrote {sidecar['engine']['path']} ({sidecar['engine']['bytes'] / 1e6:.1f} MB, "
              f"{sidecar['build_seconds']:.1f} s) and its sidecar {Path(sidecar['engine']['path']).name}.json",
-             f"  {BACKEND_LABELS[backend['name']]} {backend['version']}, target {sidecar['target']}; {io}"]
+             f"  {BACKEND_LABELS[backend['name']]} {backend['version']}, target {sidecar['target']}; {io}"
+             + (f"; explicit {sidecar['onnx']['qdq']} Q/DQ" if (sidecar.get("onnx") or {}).get("qdq") else "")]
     if sidecar.get("profile"):
         p = sidecar["profile"]
         lines.append(f"  batch profile min {p['min']} / opt {p['opt']} / max {p['max']}")
