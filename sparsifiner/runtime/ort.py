@@ -9,7 +9,8 @@ the same name. ``op_backend`` picks how ONNX Runtime executes them:
   live in the domain ``ai.onnx.contrib`` and take fixed types, so a copy of the graph
   is rewritten at load time: each node moves to that domain (fp16/bf16 tensors are
   cast to fp32 around it), and the local function is dropped so nothing can fall
-  back to it. The file on disk is never changed.
+  back to it. The file on disk is never changed. Version-2 nodes (tile-shared selection)
+  run a second Python op that takes the tile attributes too.
 
 Graphs without the op (decomposed, dense) run the same way under either backend.
 """
@@ -97,7 +98,8 @@ def route_to_extensions(model):
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
     types.update({init.name: init.data_type for init in model.graph.initializer})
     domain = _contrib_domain()
-    op_type = register_extensions_op()
+    version = {imp.domain: imp.version for imp in model.opset_import}.get(op_spec.OP_DOMAIN, op_spec.OP_VERSION)
+    op_type = register_extensions_op(version)
     float32 = onnx.TensorProto.FLOAT
     nodes = []
     for node in model.graph.node:
@@ -139,24 +141,35 @@ def _contrib_domain() -> str:
     return _ocos.default_opset_domain()
 
 
-def register_extensions_op() -> str:
-    """Register the fp32 Python op once per process; returns its op_type."""
-    if "op_type" in _REGISTERED:
-        return _REGISTERED["op_type"]
+def register_extensions_op(version: int = op_spec.OP_VERSION) -> str:
+    """Register the fp32 Python op of op ``version`` (1, or 2 for tiles) once per process; returns its op_type."""
+    key = "op_type" if version == op_spec.OP_VERSION else f"op_type_v{version}"
+    if key in _REGISTERED:
+        return _REGISTERED[key]
     from onnxruntime_extensions import PyOp, onnx_op
 
-    op_type = op_spec.OP_NAME
+    tile = version == op_spec.OP_VERSION_TILE
+    op_type = op_spec.OP_NAME + ("V2" if tile else "")
     onnx_op(
         op_type=op_type,
         inputs=[PyOp.dt_float] * len(op_spec.INPUT_NAMES),
         outputs=[PyOp.dt_float],
-        attrs={a.name: PyOp.dt_int64 if a.type == "int" else PyOp.dt_float for a in op_spec.ATTRIBUTES},
-    )(_extensions_op)
-    _REGISTERED["op_type"] = op_type
+        attrs={a.name: PyOp.dt_int64 if a.type == "int" else PyOp.dt_float
+               for a in (op_spec.ATTRIBUTES_V2 if tile else op_spec.ATTRIBUTES)},
+    )(_extensions_op_v2 if tile else _extensions_op)
+    _REGISTERED[key] = op_type
     return op_type
 
 
-def _extensions_op(q, k, v, coef, basis, **attrs):
+def _extensions_op_v2(q, k, v, coef, basis, **attrs):
+    """Version 2 on fp32 numpy arrays: the eager reference with the node's selection."""
+    typed = op_spec.typed_attributes_v2(attrs)
+    selection = op_spec.Selection.from_attributes(typed)
+    return _extensions_op(q, k, v, coef, basis, **{name: typed[name] for name in op_spec.ATTRIBUTE_NAMES},
+                          selection=selection)
+
+
+def _extensions_op(q, k, v, coef, basis, selection=None, **attrs):
     """The op on fp32 numpy arrays: the eager reference."""
     import numpy as np
     import torch
@@ -166,5 +179,5 @@ def _extensions_op(q, k, v, coef, basis, **attrs):
     EXTENSIONS_OP_CALLS["count"] += 1
     tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (q, k, v, coef, basis)]
     with torch.no_grad():
-        out = topk_masked_attention_reference(*tensors, **op_spec.typed_attributes(attrs))
+        out = topk_masked_attention_reference(*tensors, **op_spec.typed_attributes(attrs), selection=selection)
     return out.numpy()
