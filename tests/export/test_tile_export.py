@@ -100,3 +100,22 @@ def test_tile_model_exports_and_validates(tmp_path):
     report = validate_onnx(ValidateSettings(onnx_path=str(path), inputs="random", batch=2, num_batches=1))
     assert report["passed"], report
     assert report["selection"]["rows"] == 2 * 2 * 64 * 6
+
+
+@pytest.mark.trt
+def test_tile_export_builds_from_its_local_function(tmp_path):
+    """No plugin implements version 2: the engine build never tags its nodes for the version-1
+    plugin, and TensorRT-RTX builds them from the local function (ahead of time, no GPU)."""
+    from sparsifiner.export import ExportSettings, ModelSource, export_onnx
+    from sparsifiner.runtime import trt_loader
+    from sparsifiner.runtime.engine_build import EngineBuildSettings, build_engine_file
+    from sparsifiner.settings import SparsifinerSettings
+
+    if not trt_loader.tensorrt_available() or not trt_loader.is_rtx(trt_loader.import_tensorrt()):
+        pytest.skip("needs TensorRT-RTX (pip install 'sparsifiner[rtx]') for an ahead-of-time build")
+    settings = SparsifinerSettings(selection="two_level", tile_rows=4, tile_cols=4, tile_budget=32)
+    path = tmp_path / "two_level.onnx"
+    export_onnx(ExportSettings(source=ModelSource(model_name="demo", settings=settings)), path)
+    sidecar = build_engine_file(EngineBuildSettings(str(path), str(tmp_path / "e.engine"), compute_capability="sm86"))
+    assert sidecar["plugin"] is None and sidecar["layers"]["plugin"] == [] and sidecar["retagged_nodes"] == 0
+    assert not any(layer["type"] == "custom_layer" for layer in sidecar["layers"]["engine"])
