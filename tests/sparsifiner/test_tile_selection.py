@@ -134,3 +134,19 @@ def test_settings_checks():
     assert (s.resolve_budget(197), s.resolve_tile_budget(197)) == (49, 74)
     with pytest.raises(SparsifinerError, match="tile budget >= budget"):
         SparsifinerSettings(selection="two_level", tile_budget=10).check_tokens(197)
+
+
+def test_layer_grid_follows_the_model_and_resize():
+    from sparsifiner.model import create_sparsifiner
+    from sparsifiner.model.resize import resize_sparsifiner
+    from sparsifiner.model.sparsify import sparse_layers
+
+    settings = SparsifinerSettings(selection="two_level", tile_factor=2.0)
+    model = create_sparsifiner("deit_tiny_patch16_224", settings, depth=1, img_size=(224, 160))
+    layer = sparse_layers(model)[0]
+    assert layer.grid_size == (14, 10) and layer.selection == Selection("two_level", 10, 8, 8, 70)
+    assert layer.keys_per_row == 35  # B = ceil(0.25 x 140 patches), C = 2B
+    resize_sparsifiner(model, 256)
+    assert layer.grid_size == (16, 16) and (layer.budget, layer.tile_budget) == (64, 128)
+    out = model.eval()(torch.randn(1, 3, 256, 256))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
