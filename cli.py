@@ -40,6 +40,13 @@ OPTIONS = {
     "basis_threshold": click.option("--basis-threshold", type=float, default=None, help="tau_basis. [default: 0.01]"),
     "coef_prune": click.option("--coef-prune", type=click.Choice(["threshold", "topk", "none"]), default=None,
                                help="Coefficient pruning. [default: threshold]"),
+    "selection": click.option("--selection", type=click.Choice(["row", "tile", "two_level"]), default=None,
+                              help="Key selection: per query (row, the paper), shared by a patch tile (tile), or "
+                                   "the tile's top-C then each query's top-B (two_level). [default: row]"),
+    "tile_rows": click.option("--tile-rows", type=int, default=None, help="Tile height on the patch grid. [default: 8]"),
+    "tile_cols": click.option("--tile-cols", type=int, default=None, help="Tile width on the patch grid. [default: 8]"),
+    "tile_budget": click.option("--tile-budget", type=int, default=None,
+                                help="Keys kept per tile, C (default: tile_factor x budget)."),
     # data and running
     "data": click.option("--data", default=None,
                          help="'digits' (bundled, no download) or an ImageFolder root with train/ and val/ "
@@ -67,7 +74,8 @@ OPTIONS = {
     "rtol": click.option("--rtol", type=float, default=None,
                          help="Relative tolerance. [default: 1e-3 fp32, 2e-2 fp16, 6e-2 bf16]"),
 }
-SETTINGS_OPTIONS = ("keep_rate", "budget", "n_down", "basis_threshold", "coef_prune")
+SETTINGS_OPTIONS = ("keep_rate", "budget", "n_down", "basis_threshold", "coef_prune", "selection", "tile_rows",
+                    "tile_cols", "tile_budget")
 VALIDATE_OPTIONS = ("inputs", "num_batches", "input_seed", "ort_op", "atol", "rtol")
 SOURCE_OPTIONS = ("checkpoint", "model", "pretrained", "img_size", "seed")
 

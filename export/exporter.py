@@ -8,6 +8,9 @@ one TopKMaskedAttention node per block, then post-processes the ModelProto:
   can run the file; a runtime with a kernel (or TensorRT plugin) uses that instead. Each
   node gets the string attributes ``plugin_namespace`` and ``plugin_version``: without
   them TensorRT-RTX silently inlines the local function even when the plugin is loaded.
+  Models with tile-shared selection export version-2 nodes (``op_spec.TILE_ATTRIBUTES``)
+  and the version-2 function; no plugin implements version 2 yet, so those nodes carry
+  no plugin attributes and TensorRT builds them from the local function.
 * decomposed: the same, then inlines the function everywhere: standard ops only.
 * dense: nothing to add (timm's attention exports as MatMul/Softmax).
 
@@ -67,7 +70,10 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         dynamic_shapes = ({0: torch.export.Dim(settings.batch, min=1, max=_MAX_DYNAMIC_BATCH)},)
 
     onnx_op.register_schema()
-    table = {torch.ops.sparsifiner.topk_masked_attention.default: onnx_op.torch_translation}
+    import sparsifiner.ops.tile_op  # noqa: F401  (registers the version-2 op)
+
+    table = {torch.ops.sparsifiner.topk_masked_attention.default: onnx_op.torch_translation,
+             torch.ops.sparsifiner.topk_masked_attention_v2.default: onnx_op.torch_translation_v2}
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
@@ -92,11 +98,13 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     _clean_node_metadata(proto.graph)
     custom_nodes = _name_attention_nodes(proto.graph)
     op_inputs = op_input_names(custom_nodes) if settings.attention != "dense" else None
+    op_version = {imp.domain: imp.version for imp in proto.opset_import}.get(op_spec.OP_DOMAIN, op_spec.OP_VERSION)
     if settings.attention in ("custom", "decomposed"):
         if not custom_nodes:
             raise AssertionError("no TopKMaskedAttention node was exported")
-        proto.functions.append(onnx_op.function_proto(settings.opset))
-        _tag_plugin_nodes(custom_nodes)
+        proto.functions.append(onnx_op.function_proto(settings.opset, op_version))
+        if op_version == op_spec.OP_VERSION:
+            _tag_plugin_nodes(custom_nodes)
     if settings.attention == "decomposed":
         proto = _inline_op_function(proto)
 
@@ -107,7 +115,7 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
     meta = build_metadata(
         attention=settings.attention, dtype=settings.dtype, opset=settings.opset, batch=settings.batch,
         budget=budget_of(sparse), settings=sparse_settings.to_dict(), arch=arch_of(sparse),
-        source=source, trained=trained, data_config=preprocess, op_inputs=op_inputs,
+        source=source, trained=trained, data_config=preprocess, op_inputs=op_inputs, op_version=op_version,
     )
     del proto.metadata_props[:]
     for key, value in meta.items():
@@ -135,6 +143,8 @@ def export_onnx(settings: ExportSettings, path: Union[str, Path]) -> dict:
         "output": OUTPUT_NAME,
         "nodes": len(proto.graph.node),
         "custom_nodes": sum(n.domain == op_spec.OP_DOMAIN for n in proto.graph.node),
+        "op_version": op_version if settings.attention != "dense" else None,
+        "selection": sparse_settings.selection,
         "bytes": path.stat().st_size,
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -307,7 +317,8 @@ def _inline_op_function(proto):
 def format_export(summary: dict) -> str:
     """A short human summary of export_onnx's result."""
     form = summary["attention"]
-    what = {"custom": f"{summary['custom_nodes']} TopKMaskedAttention nodes + local function",
+    version = f" v{summary['op_version']}" if summary.get("op_version", 1) != 1 else ""
+    what = {"custom": f"{summary['custom_nodes']} TopKMaskedAttention{version} nodes + local function",
             "decomposed": "standard ops only", "dense": "dense teacher"}[form]
     lines = [
         f"wrote {summary['path']} ({summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)",

@@ -66,11 +66,13 @@ PREPROCESS_PREFIX = "preprocess."
 
 
 def build_metadata(*, attention: str, dtype: str, opset: int, batch, budget: int, settings: dict, arch: dict,
-                   source: dict, trained: bool, data_config: dict, op_inputs: Optional[dict] = None) -> dict[str, str]:
+                   source: dict, trained: bool, data_config: dict, op_inputs: Optional[dict] = None,
+                   op_version: int = op_spec.OP_VERSION) -> dict[str, str]:
     """The key -> string map written into ModelProto.metadata_props.
 
     op_inputs: {"coef": [...], "basis": [...]}, the tensor names each block's attention op
-    reads (sparse forms), so validation can read a runtime's coefficients.
+    reads (sparse forms), so validation can read a runtime's coefficients. op_version: 2
+    for tile-shared selection.
     """
     meta = {
         "version": __version__,
@@ -84,7 +86,7 @@ def build_metadata(*, attention: str, dtype: str, opset: int, batch, budget: int
         "arch": arch,
         "source": source,
         "trained": trained,
-        "op": f"{op_spec.OP_DOMAIN}::{op_spec.OP_NAME}@{op_spec.OP_VERSION}" if attention == "custom" else "",
+        "op": f"{op_spec.OP_DOMAIN}::{op_spec.OP_NAME}@{op_version}" if attention == "custom" else "",
     }
     if op_inputs:
         meta["op_inputs"] = op_inputs

@@ -19,6 +19,7 @@ BASIS_PRUNE_MODES = ("abs", "signed")
 SCORE_SCALES = ("reduced", "heads")
 BUDGET_TOKENS = ("patches", "all")
 MODES = ("dense", "sparse")
+SELECTIONS = ("row", "tile", "two_level")  # op_spec.SELECTION_MODES
 # The model name every command accepts for the bundled digits ViT (sparsifiner.model.zoo).
 DEMO_NAME = "demo"
 # What saved settings written before a knob existed meant (from_dict(saved=True) fills them in).
@@ -53,6 +54,16 @@ class SparsifinerSettings:
         Checkpoints and exports saved before this setting existed load with False.
     coef_keep_best: keep each row's largest coefficient even when pruning would drop
         it, so no query row is left without connectivity scores.
+    selection: how keys are selected (``sparsifiner.ops.tile``). "row": each query keeps
+        its own top-B (the paper). "tile": the queries of a tile_rows x tile_cols tile of
+        the patch grid share the tile's top-C keys by summed scores (C keys per query;
+        an opt-in departure from the paper, for kernels that run dense MMA over a shared
+        key set). "two_level": the tile's top-C, then each query's own top-B inside it.
+    tile_rows, tile_cols: the tile shape on the patch grid (8 x 8: 64 query rows, the
+        kernel's MMA tile; edge tiles are partial). With exact_scores a tile holds at most
+        op_spec.max_exact_tile_rows(n_down) rows (127 at R = 32).
+    tile_budget: C, keys per tile; overrides tile_factor.
+    tile_factor: C = ceil(tile_factor x budget), at most N.
     """
 
     keep_rate: float = 0.25
@@ -69,6 +80,11 @@ class SparsifinerSettings:
     score_scale: str = "reduced"
     exact_scores: bool = True
     coef_keep_best: bool = False
+    selection: str = "row"
+    tile_rows: int = 8
+    tile_cols: int = 8
+    tile_budget: Optional[int] = None
+    tile_factor: float = 1.0
 
     def __post_init__(self):
         if not (isinstance(self.keep_rate, (int, float)) and 0 < self.keep_rate <= 1):
@@ -87,6 +103,22 @@ class SparsifinerSettings:
             raise SparsifinerError("basis_threshold and coef_threshold must be >= 0")
         if self.coef_topk < 1:
             raise SparsifinerError(f"coef_topk must be >= 1, got {self.coef_topk}")
+        _check_choice("selection", self.selection, SELECTIONS)
+        for name in ("tile_rows", "tile_cols"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SparsifinerError(f"{name} must be a positive integer, got {value!r}")
+        if self.tile_budget is not None and (not isinstance(self.tile_budget, int) or self.tile_budget < 1):
+            raise SparsifinerError(f"tile_budget must be a positive integer, got {self.tile_budget!r}")
+        if not (isinstance(self.tile_factor, (int, float)) and self.tile_factor > 0):
+            raise SparsifinerError(f"tile_factor must be > 0, got {self.tile_factor!r}")
+        if self.selection != "row" and self.exact_scores:
+            from sparsifiner.op_spec import max_exact_tile_rows
+
+            limit = max_exact_tile_rows(self.n_down)
+            if self.tile_rows * self.tile_cols > limit:
+                raise SparsifinerError(f"a {self.tile_rows}x{self.tile_cols} tile has more than {limit} rows, the most "
+                                       f"whose summed scores stay exact at n_down {self.n_down}: use a smaller tile")
 
     def resolve_budget(self, num_tokens: int, num_prefix_tokens: int = 1) -> int:
         """The number of keys kept per non-CLS query for a sequence of num_tokens."""
@@ -102,6 +134,20 @@ class SparsifinerSettings:
             )
         return budget
 
+    def resolve_tile_budget(self, num_tokens: int, num_prefix_tokens: int = 1) -> int:
+        """C, the keys kept per tile (tile and two_level selection) for a sequence of num_tokens."""
+        budget = self.resolve_budget(num_tokens, num_prefix_tokens)
+        if self.tile_budget is not None:
+            tile = self.tile_budget
+        else:
+            tile = min(num_tokens, max(1, math.ceil(round(self.tile_factor * budget, 9))))
+        if tile > num_tokens:
+            raise SparsifinerError(f"tile budget {tile} is above the number of keys ({num_tokens}): "
+                                   f"use a tile budget <= {num_tokens}")
+        if self.selection == "two_level" and tile < budget:
+            raise SparsifinerError(f"two_level selection needs tile budget >= budget, got {tile} < {budget}")
+        return tile
+
     def check_tokens(self, num_tokens: int) -> None:
         """Check the settings fit a sequence of num_tokens (raises SparsifinerError)."""
         if self.n_down > num_tokens:
@@ -109,6 +155,8 @@ class SparsifinerSettings:
                 f"n_down {self.n_down} is above the number of tokens ({num_tokens}): use --n-down <= {num_tokens}"
             )
         self.resolve_budget(num_tokens)
+        if self.selection != "row":
+            self.resolve_tile_budget(num_tokens)
 
     def replace(self, **changes) -> "SparsifinerSettings":
         return dataclasses.replace(self, **changes)

@@ -69,6 +69,8 @@ def run_demo(settings: TrainSettings, output: str | Path = "runs/demo", *, resum
         "top1_drop": teacher["top1"] - final["top1"],
         "keep_rate": settings.sparsifiner.keep_rate,
         "budget": final["budget"],
+        "selection": final.get("selection", "row"),
+        "keys_per_row": final.get("keys_per_row", final["budget"]),
         "num_tokens": final["num_tokens"],
         "basis_threshold": settings.sparsifiner.basis_threshold,
         "basis_sparsity": final["basis_sparsity"],
@@ -112,13 +114,16 @@ def format_demo(s: dict) -> str:
         ("coefficient sparsity", f"{100 * s['coef_sparsity']:6.1f} %",
          f"(rows with every coefficient pruned: {100 * s['empty_coef_rows']:.1f} %)"),
         ("mask density", f"{100 * s['mask_density']:6.1f} %", ""),
-        ("attention-mass recall", f"{100 * s['recall']:6.1f} %", f"(oracle top-{s['budget']}: {100 * s['oracle_recall']:.1f} %)"),
+        ("attention-mass recall", f"{100 * s['recall']:6.1f} %",
+         f"(oracle top-{s.get('keys_per_row', s['budget'])}: {100 * s['oracle_recall']:.1f} %)"),
         ("MHSA MACs reduction", f"{100 * s['mhsa_reduction']:6.1f} %",
          f"(incl. predictor; {100 * s['mhsa_reduction_without_predictor']:.1f} % without; same settings and "
          f"densities on DeiT-S, N=197: {100 * s['mhsa_reduction_deit_small']:.1f} %)"),
         ("wall time", f"{s['wall_s']:6.0f} s", f"(training {s['train_s']:.0f} s)"),
     ]
-    lines = [f"Sparsifiner demo (digits, N={s['num_tokens']} tokens, keep rate {s['keep_rate']} -> budget {s['budget']})"]
+    tiles = "" if s.get("selection", "row") == "row" else f", {s['selection']} selection, {s['keys_per_row']} keys per query"
+    lines = [f"Sparsifiner demo (digits, N={s['num_tokens']} tokens, keep rate {s['keep_rate']} -> budget {s['budget']}"
+             f"{tiles})"]
     lines += [f"  {label:<30} {value:>9}   {note}".rstrip() for label, value, note in rows]
     lines.append(f"  outputs: {s['output']}" + (f" (figures in {s['output']}/figures)" if s.get("figures") else ""))
     if s.get("onnx"):

@@ -52,6 +52,13 @@ def test_info_table(run):
     assert result.exit_code == 0 and "20 keys per query" in result.output
 
 
+def test_info_and_flops_tile_selection(run):
+    result = run("info", "--selection", "tile", "--tile-budget", "98")
+    assert "tile: 8x8 tiles of the 14x14 grid, C = 98 keys per tile, 98 per query" in result.output
+    data = json.loads(run("flops", "--selection", "tile", "--json").output)
+    assert (data["selection"], data["tile"], data["keys_per_row"]) == ("tile", [8, 8], 49)
+
+
 def test_flops_table_and_json(run):
     result = run("flops", "--model", "deit_small_patch16_224", "--keep-rate", "0.25")
     assert result.exit_code == 0, result.output
@@ -77,6 +84,8 @@ def test_flops_from_checkpoint_measures_basis(run, tmp_path):
     (["info", "--keep-rate", "0"], "keep_rate must be in (0, 1]"),
     (["info", "--model", "deit_tiny_patch16_224", "--budget", "500"], "above the number of keys"),
     (["flops", "--checkpoint", "missing.safetensors"], "checkpoint not found"),
+    (["flops", "--selection", "tile", "--tile-rows", "16", "--tile-cols", "16"], "stay exact"),
+    (["info", "--selection", "two_level", "--tile-budget", "10"], "tile budget >= budget"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run, args, message):
     result = run(*args)

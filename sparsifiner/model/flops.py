@@ -13,6 +13,14 @@ rank R, reduced head dim d_r and budget B:
 rho_c and rho_b are the nonzero shares of the pruned coefficients and basis:
 measured (basis, from a pruned checkpoint) or the paper's figures (13 % and 9.2 %).
 Softmax, top-k selection, norms and biases are not counted.
+
+Tile-shared selection (settings.selection, T tiles, tile budget C) changes two terms:
+  MHSA            2 H (c N + (N-c) K) d     K = C keys per row (tile) or B (two_level)
+  scores (tile)   H (N-c) rho_c R           sum of each tile's coefficient rows
+                + H T R (rho_b N)           tile scores (summed coefficients counted dense)
+  two_level adds  H (N-c) (rho_c R)(rho_b C) each row's scores of its tile's C keys
+So tile selection at C costs C/B of row selection's QK^T and AV at B, and its scores cost
+about T/(N-c) of the per-row scores.
 """
 from __future__ import annotations
 
@@ -35,15 +43,29 @@ def _default_coef_density(settings: SparsifinerSettings) -> float:
     return PAPER_COEF_DENSITY if settings.coef_prune == "threshold" else 1.0
 
 
+def selection_macs(n: int, c: int, heads: int, rank: int, budget: int, coef_density: float, basis_density: float,
+                   selection: str = "row", tiles: int = 0, tile_budget: int = 0) -> tuple[int, float]:
+    """(keys per non-CLS row, MACs of the connectivity scores) of one block's selection."""
+    row_scores = heads * (n - c) * (coef_density * rank) * (basis_density * n)
+    if selection == "row":
+        return budget, row_scores
+    tile_scores = heads * (n - c) * coef_density * rank + heads * tiles * rank * basis_density * n
+    if selection == "tile":
+        return tile_budget, tile_scores
+    return budget, tile_scores + heads * (n - c) * (coef_density * rank) * (basis_density * tile_budget)
+
+
 def block_macs(n: int, c: int, embed: int, heads: int, head_dim: int, hidden: int, rank: int,
-               reduced: int, budget: int, coef_density: float, basis_density: float) -> dict:
-    """MACs of one block, dense and Sparsifiner, split by part."""
+               reduced: int, budget: int, coef_density: float, basis_density: float, selection: str = "row",
+               tiles: int = 0, tile_budget: int = 0) -> dict:
+    """MACs of one block, dense and Sparsifiner, split by part (``tiles`` and ``tile_budget``: tile selection)."""
     attn_dim = heads * head_dim
     qkv_proj = n * embed * 3 * attn_dim + n * attn_dim * embed
     mlp = 2 * n * embed * hidden
     mhsa_dense = 2 * heads * n * n * head_dim
-    mhsa_sparse = 2 * heads * (c * n + (n - c) * budget) * head_dim
-    scores = heads * (n - c) * (coef_density * rank) * (basis_density * n)
+    keys, scores = selection_macs(n, c, heads, rank, budget, coef_density, basis_density, selection, tiles,
+                                  tile_budget)
+    mhsa_sparse = 2 * heads * (c * n + (n - c) * keys) * head_dim
     predictor = (heads * (2 * n - c) * head_dim * reduced + heads * reduced * n * rank
                  + heads * (n - c) * reduced * rank + scores)
     dense = {"mhsa": mhsa_dense, "qkv_proj": qkv_proj, "mlp": mlp, "total": mhsa_dense + qkv_proj + mlp}
@@ -62,6 +84,7 @@ def count_flops(source: Union[ModelSource, str], settings: Optional[SparsifinerS
     """
     from sparsifiner.model.source import as_source, load_sparsifiner_model
     from sparsifiner.model.sparsify import budget_of, sparse_layers
+    from sparsifiner.ops.tile import tile_index
 
     source = as_source(source, settings, img_size)
     model, _ = load_sparsifiner_model(source, resize=True, prune_random=False)
@@ -85,9 +108,11 @@ def count_flops(source: Union[ModelSource, str], settings: Optional[SparsifinerS
     blocks = []
     for i, blk in enumerate(model.blocks):
         attn = blk.attn
+        tiles = tile_index(n - c, attn.selection)[1] if attn.selection is not None else 0
         macs = block_macs(n, c, model.embed_dim, attn.num_heads, attn.head_dim, blk.mlp.fc1.out_features,
-                          settings.n_down, attn.predictor.reduced_dim, attn.budget, coef_density, basis_density)
-        blocks.append({"block": i, **macs})
+                          settings.n_down, attn.predictor.reduced_dim, attn.budget, coef_density, basis_density,
+                          settings.selection, tiles, attn.tile_budget or 0)
+        blocks.append({"block": i, "keys_per_row": attn.keys_per_row, **macs})
     p = model.patch_embed.proj
     other = model.patch_embed.num_patches * p.out_channels * p.in_channels * math.prod(p.kernel_size)
     head = getattr(model, "head", None)
@@ -103,6 +128,10 @@ def count_flops(source: Union[ModelSource, str], settings: Optional[SparsifinerS
         "tokens": n,
         "budget": budget,
         "keep_rate": settings.keep_rate if settings.budget is None else None,
+        "selection": settings.selection,
+        "tile": None if settings.selection == "row" else [settings.tile_rows, settings.tile_cols],
+        "tile_budget": sparse_layers(model)[0].tile_budget,
+        "keys_per_row": sparse_layers(model)[0].keys_per_row,
         "assumptions": {"coef_density": coef_density, "coef_source": coef_source,
                         "basis_density": basis_density, "basis_source": basis_source},
         "blocks": blocks,
@@ -118,8 +147,12 @@ def count_flops(source: Union[ModelSource, str], settings: Optional[SparsifinerS
 def format_flops(data: dict) -> str:
     """A per-block table in MMACs, then the totals in GMACs and the reductions."""
     m = 1e6
+    selection = data.get("selection", "row")
+    tiles = "" if selection == "row" else (f"  selection={selection} {data['tile'][0]}x{data['tile'][1]} "
+                                           f"C={data['tile_budget']}  keys/row={data['keys_per_row']}")
     lines = [
-        f"{data['model']}  img {data['img_size'][0]}x{data['img_size'][1]}  N={data['tokens']}  budget={data['budget']}",
+        f"{data['model']}  img {data['img_size'][0]}x{data['img_size'][1]}  N={data['tokens']}  budget={data['budget']}"
+        + tiles,
         f"{'block':>5} {'dense MHSA':>11} {'sparse MHSA':>12} {'predictor':>10} {'qkv+proj':>9} {'MLP':>8} "
         f"{'dense':>8} {'sparsif.':>9}   (MMACs)",
     ]

@@ -37,6 +37,10 @@ def model_info(source: Union[ModelSource, str], settings: Optional[SparsifinerSe
         "keep_rate": model.sparsifiner_settings.keep_rate,
         "n_down": model.sparsifiner_settings.n_down,
         "reduced_dim": first.predictor.reduced_dim,
+        "selection": model.sparsifiner_settings.selection,
+        "tile": (None if first.selection is None else
+                 {"rows": first.selection.tile_rows, "cols": first.selection.tile_cols, "budget": first.tile_budget,
+                  "grid": list(first.grid_size), "keys_per_row": first.keys_per_row}),
         "mode": first.mode,
         "basis_pruned": all(bool(layer.predictor.basis_is_pruned) for layer in layers),
         "parameters": count_parameters(model),
@@ -54,6 +58,10 @@ def format_info(data: dict) -> str:
         ("tokens N", f"{data['tokens']} (1 CLS + {data['patch_tokens']} patches)"),
         ("budget B", f"{data['budget']} keys per query (keep rate {data['keep_rate']})"),
         ("predictor", f"rank R = {data['n_down']}, reduced dim d_r = {data['reduced_dim']}"),
+        ("selection", "per query (row)" if not data.get("tile") else
+         f"{data['selection']}: {data['tile']['rows']}x{data['tile']['cols']} tiles of the "
+         f"{data['tile']['grid'][0]}x{data['tile']['grid'][1]} grid, C = {data['tile']['budget']} keys per tile, "
+         f"{data['tile']['keys_per_row']} per query"),
         ("mode", data["mode"] + ("" if data["basis_pruned"] else " (basis not pruned yet)")),
         ("parameters", f"backbone {p['backbone'] / 1e6:.2f} M + predictor {p['predictor'] / 1e6:.3f} M "
                        f"= {p['total'] / 1e6:.2f} M"),

@@ -56,7 +56,7 @@ def resize_sparsifiner(model: nn.Module, img_size: Union[int, Sequence[int]]) ->
         pred.pruned_basis = torch.zeros_like(pred.basis.data)
         if was_pruned:
             pred.pruned_basis.copy_(prune_basis_for(pred.basis.data, settings))
-        layer.set_num_tokens(new_tokens)
+        layer.set_num_tokens(new_tokens, new_grid)
     arch = getattr(model, "sparsifiner_arch", None)
     if arch is not None:
         arch["img_size"] = list(size)

@@ -57,7 +57,8 @@ def sparsify(model: nn.Module, settings: Optional[SparsifinerSettings] = None, m
     settings.check_tokens(n)
     for block in model.blocks:
         ref = block.attn.qkv.weight
-        layer = SparsifinerAttention(block.attn, n, settings, model.num_prefix_tokens)
+        layer = SparsifinerAttention(block.attn, n, settings, model.num_prefix_tokens,
+                                     tuple(model.patch_embed.grid_size))
         block.attn = layer.to(device=ref.device, dtype=ref.dtype)
     model.sparsifiner_settings = settings
     set_mode(model, mode)

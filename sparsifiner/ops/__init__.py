@@ -1,4 +1,4 @@
-"""Bottom layer: the TopKMaskedAttention reference, its torch.library op, and sparse scores."""
+"""Bottom layer: the TopKMaskedAttention reference (row and tile selection), its torch.library ops, sparse scores."""
 from sparsifiner.ops.custom_op import topk_masked_attention
 from sparsifiner.ops.grid import on_grid, quantize_basis, round_coefficients
 from sparsifiner.ops.reference import (
@@ -11,6 +11,8 @@ from sparsifiner.ops.reference import (
     topk_masked_attention_reference,
 )
 from sparsifiner.ops.sparse_scores import sparse_connectivity_scores
+from sparsifiner.ops.tile import select_mask
+from sparsifiner.ops.tile_op import selected_attention
 
 __all__ = [
     "connectivity_scores",
@@ -20,6 +22,8 @@ __all__ = [
     "on_grid",
     "quantize_basis",
     "round_coefficients",
+    "select_mask",
+    "selected_attention",
     "sparse_connectivity_scores",
     "topk_indices",
     "topk_mask",

@@ -7,13 +7,19 @@ training uses them directly) and never with respect to the mask.
 Numerics: scores, logits and the softmax are computed in fp32 whatever the input
 dtype, so fp16 logits that would overflow in half precision stay finite; the output
 is cast back to the input dtype. Ties in the top-k go to the lower key index: a
-stable descending sort keeps equal scores in index order.
+stable descending sort keeps equal scores in index order. Tile-shared selection (op
+version 2, ``selection``) is specified in ``sparsifiner.ops.tile``.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from sparsifiner.errors import SparsifinerError
+
+if TYPE_CHECKING:
+    from sparsifiner.op_spec import Selection
 
 
 def connectivity_scores(coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -72,13 +78,21 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Te
     return torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
 
 
-def topk_full_mask(coef: torch.Tensor, basis: torch.Tensor, budget: int, cls_rows: int) -> torch.Tensor:
-    """The op's [B, H, N, N] key mask: dense CLS rows, top-``budget`` keys of coef @ basis elsewhere."""
+def topk_full_mask(coef: torch.Tensor, basis: torch.Tensor, budget: int, cls_rows: int,
+                   selection: Optional["Selection"] = None) -> torch.Tensor:
+    """The op's [B, H, N, N] key mask: dense CLS rows, top-``budget`` keys of coef @ basis elsewhere
+    (per row, or shared by a tile of rows when ``selection`` says so)."""
     with torch.no_grad():
-        return full_mask(topk_mask(connectivity_scores(coef, basis), budget), cls_rows)
+        if selection is None or selection.is_row:
+            row_mask = topk_mask(connectivity_scores(coef, basis), budget)
+        else:
+            from sparsifiner.ops.tile import select_mask
+
+            row_mask = select_mask(coef, basis, budget, selection)
+        return full_mask(row_mask, cls_rows)
 
 
-def check_inputs(q, k, v, coef, basis, budget: int, cls_rows: int) -> None:
+def check_inputs(q, k, v, coef, basis, budget: int, cls_rows: int, selection: Optional["Selection"] = None) -> None:
     """Shape and range checks of the op contract (raises SparsifinerError)."""
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise SparsifinerError(
@@ -94,6 +108,10 @@ def check_inputs(q, k, v, coef, basis, budget: int, cls_rows: int) -> None:
         raise SparsifinerError(f"coef must be [B, H, N-c, R] = {expected}, got {tuple(coef.shape)}")
     if not 1 <= budget <= n:
         raise SparsifinerError(f"budget {budget} is out of range: it must be between 1 and N = {n}")
+    if selection is not None and not selection.is_row:
+        from sparsifiner.ops.tile import check_selection
+
+        check_selection(n - cls_rows, n, budget, selection)
 
 
 def topk_masked_attention_reference(
@@ -105,13 +123,15 @@ def topk_masked_attention_reference(
     budget: int,
     scale: float,
     cls_rows: int = 1,
+    selection: Optional["Selection"] = None,
 ) -> torch.Tensor:
-    """TopKMaskedAttention as the op contract (sparsifiner.op_spec) defines it.
+    """TopKMaskedAttention as the op contract (sparsifiner.op_spec) defines it; ``selection``
+    (version 2) chooses row or tile-shared selection, None meaning rows (version 1).
 
     The output is a new contiguous [B, H, N, d] tensor in q's dtype whatever the
     inputs' strides: every implementation (this one, the CUDA kernel, the fake
     implementation that torch.compile and torch.export trace with) promises that layout.
     """
-    check_inputs(q, k, v, coef, basis, budget, cls_rows)
-    mask = topk_full_mask(coef, basis, budget, cls_rows)
+    check_inputs(q, k, v, coef, basis, budget, cls_rows, selection)
+    mask = topk_full_mask(coef, basis, budget, cls_rows, selection)
     return masked_attention(q, k, v, mask, scale).contiguous()

@@ -35,6 +35,12 @@ RTX_NO_SM90 = ("TensorRT-RTX cannot build for {cc} (H100/H200 are sm90; it targe
 
 
 def custom_nodes(model) -> list:
+    """The TopKMaskedAttention nodes the plugin implements. Version-2 graphs (tile-shared
+    selection) have none: no plugin implements version 2 yet, so their nodes are built from
+    their local function and are never tagged for the version-1 plugin."""
+    version = {imp.domain: imp.version for imp in model.opset_import}.get(op_spec.OP_DOMAIN, op_spec.OP_VERSION)
+    if version != op_spec.OP_VERSION:
+        return []
     return [n for n in model.graph.node if n.domain == op_spec.OP_DOMAIN and n.op_type == op_spec.OP_NAME]
 
 

@@ -13,7 +13,8 @@ the same name. ``op_backend`` picks how ONNX Runtime executes them:
   live in the domain ``ai.onnx.contrib`` and take fixed types, so a copy of the graph
   is rewritten at load time: each node moves to that domain (fp16/bf16 tensors are
   cast to fp32 around it), and the local function is dropped so nothing can fall
-  back to it. The file on disk is never changed.
+  back to it. The file on disk is never changed. Version-2 nodes (tile-shared selection)
+  run a second Python op that takes the tile attributes too.
 
 Graphs without the op (decomposed, dense) run the same way under either backend.
 """
@@ -64,14 +65,27 @@ def has_custom_op(model) -> bool:
     return any(n.domain == op_spec.OP_DOMAIN and n.op_type == op_spec.OP_NAME for n in model.graph.node)
 
 
-def resolve_op_backend(op_backend: str) -> str:
-    """The backend a session with ``op_backend`` uses: "auto" becomes "native" when built, else "function"."""
+def op_version(model) -> int:
+    """The version of the op's domain the graph imports (1: row selection, 2: tile-shared selection)."""
+    return {imp.domain: imp.version for imp in model.opset_import}.get(op_spec.OP_DOMAIN, op_spec.OP_VERSION)
+
+
+def resolve_op_backend(op_backend: str, model=None) -> str:
+    """The backend a session with ``op_backend`` uses: "auto" becomes "native" when built, else "function".
+
+    The native kernel implements op version 1 only: with a version-2 ``model`` "auto" becomes
+    "function" and "native" is refused."""
     if op_backend not in OP_BACKENDS:
         raise SparsifinerError(f"--ort-op must be one of {', '.join(OP_BACKENDS)}; got {op_backend!r}")
+    row_op = model is None or op_version(model) == op_spec.OP_VERSION
     if op_backend == "auto":
         from sparsifiner.runtime.ort_native import native_available
 
-        return "native" if native_available() else "function"
+        return "native" if row_op and native_available() else "function"
+    if op_backend == "native" and not row_op:
+        raise SparsifinerError(f"the native CPU kernel implements op version {op_spec.OP_VERSION} (row selection) and "
+                               f"this graph uses version {op_version(model)} (tile selection): use --ort-op function "
+                               "or extensions")
     return op_backend
 
 
@@ -80,8 +94,8 @@ def create_session(model_or_path, op_backend: str = "auto", providers=("CPUExecu
     """An InferenceSession for an exported graph; see the module docstring for op_backend."""
     import onnxruntime as ort
 
-    op_backend = resolve_op_backend(op_backend)
     model = load_model_proto(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
+    op_backend = resolve_op_backend(op_backend, model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -115,7 +129,7 @@ def route_to_extensions(model):
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
     types.update({init.name: init.data_type for init in model.graph.initializer})
     domain = _contrib_domain()
-    op_type = register_extensions_op()
+    op_type = register_extensions_op(op_version(model))
     float32 = onnx.TensorProto.FLOAT
     nodes = []
     for node in model.graph.node:
@@ -157,24 +171,35 @@ def _contrib_domain() -> str:
     return _ocos.default_opset_domain()
 
 
-def register_extensions_op() -> str:
-    """Register the fp32 Python op once per process; returns its op_type."""
-    if "op_type" in _REGISTERED:
-        return _REGISTERED["op_type"]
+def register_extensions_op(version: int = op_spec.OP_VERSION) -> str:
+    """Register the fp32 Python op of op ``version`` (1, or 2 for tiles) once per process; returns its op_type."""
+    key = "op_type" if version == op_spec.OP_VERSION else f"op_type_v{version}"
+    if key in _REGISTERED:
+        return _REGISTERED[key]
     from onnxruntime_extensions import PyOp, onnx_op
 
-    op_type = op_spec.OP_NAME
+    tile = version == op_spec.OP_VERSION_TILE
+    op_type = op_spec.OP_NAME + ("V2" if tile else "")
     onnx_op(
         op_type=op_type,
         inputs=[PyOp.dt_float] * len(op_spec.INPUT_NAMES),
         outputs=[PyOp.dt_float],
-        attrs={a.name: PyOp.dt_int64 if a.type == "int" else PyOp.dt_float for a in op_spec.ATTRIBUTES},
-    )(_extensions_op)
-    _REGISTERED["op_type"] = op_type
+        attrs={a.name: PyOp.dt_int64 if a.type == "int" else PyOp.dt_float
+               for a in (op_spec.ATTRIBUTES_V2 if tile else op_spec.ATTRIBUTES)},
+    )(_extensions_op_v2 if tile else _extensions_op)
+    _REGISTERED[key] = op_type
     return op_type
 
 
-def _extensions_op(q, k, v, coef, basis, **attrs):
+def _extensions_op_v2(q, k, v, coef, basis, **attrs):
+    """Version 2 on fp32 numpy arrays: the eager reference with the node's selection."""
+    typed = op_spec.typed_attributes_v2(attrs)
+    selection = op_spec.Selection.from_attributes(typed)
+    return _extensions_op(q, k, v, coef, basis, **{name: typed[name] for name in op_spec.ATTRIBUTE_NAMES},
+                          selection=selection)
+
+
+def _extensions_op(q, k, v, coef, basis, selection=None, **attrs):
     """The op on fp32 numpy arrays: the eager reference."""
     import numpy as np
     import torch
@@ -184,5 +209,5 @@ def _extensions_op(q, k, v, coef, basis, **attrs):
     EXTENSIONS_OP_CALLS["count"] += 1
     tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (q, k, v, coef, basis)]
     with torch.no_grad():
-        out = topk_masked_attention_reference(*tensors, **op_spec.typed_attributes(attrs))
+        out = topk_masked_attention_reference(*tensors, **op_spec.typed_attributes(attrs), selection=selection)
     return out.numpy()

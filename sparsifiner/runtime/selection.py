@@ -45,13 +45,17 @@ class SelectionStats:
                 "coef_outside_tolerance": self.coef_outside, "per_block": self.per_block}
 
 
-def selected_keys(coef, basis, budget: int):
-    """Boolean [.., M, N] masks of the reference's top-B selection, computed in row chunks."""
+def selected_keys(coef, basis, budget: int, selection=None):
+    """Boolean [.., M, N] masks of the reference's selection: top-B per row, computed in row
+    chunks, or tile-shared (``selection``, op_spec version 2), computed per image."""
     import torch
 
     from sparsifiner.ops.reference import connectivity_scores, topk_mask
+    from sparsifiner.ops.tile import select_mask
 
     coef = torch.as_tensor(np.asarray(coef, dtype=np.float32))
+    if selection is not None and not selection.is_row:  # tiles span rows: chunk over images instead
+        return torch.cat([select_mask(coef[i:i + 1], basis, budget, selection) for i in range(coef.shape[0])])
     chunks = [topk_mask(connectivity_scores(coef[..., i:i + ROW_CHUNK, :], basis), budget)
               for i in range(0, coef.shape[-2], ROW_CHUNK)]
     return torch.cat(chunks, dim=-2)
@@ -91,7 +95,8 @@ def update_selection(stats: SelectionStats, model, reference: dict, candidate: d
         stats.coef_outside += coefficients_outside(ref, cand, layer.settings, atol, rtol)
         with torch.no_grad():
             basis = layer.predictor.sparse_basis().float().cpu()
-            flips = (selected_keys(ref, basis, layer.budget) != selected_keys(cand, basis, layer.budget)).any(-1)
+            sel = layer.selection
+            flips = (selected_keys(ref, basis, layer.budget, sel) != selected_keys(cand, basis, layer.budget, sel)).any(-1)
         block = stats.per_block.setdefault(name, {"rows": 0, "rows_differing": 0})
         block["rows"] += int(flips.numel())
         block["rows_differing"] += int(flips.sum())
@@ -99,14 +104,15 @@ def update_selection(stats: SelectionStats, model, reference: dict, candidate: d
         stats.rows_differing += int(flips.sum())
 
 
-def probe_selection(run_op, coef, basis, budget: int, cls_rows: int = 1, head_dim: int = 64, dtype=None):
+def probe_selection(run_op, coef, basis, budget: int, cls_rows: int = 1, head_dim: int = 64, dtype=None,
+                    keys_per_row: int = 0):
     """The keys an implementation of the op selects, read from its outputs: [B, H, N-c, N] bool.
 
     ``run_op(q, k, v, coef, basis)`` runs the implementation (with ``budget``, a scale and
     ``cls_rows`` fixed by the caller) and returns ``out`` [B, H, N, d]. With q = k = 0
     every kept logit is 0, so row i's output is the mean of its kept v rows; with v
     one-hot over a window of ``head_dim`` keys, an output entry is 1/budget exactly when
-    that key was kept. ceil(N / head_dim) windows read the whole mask, so the probe works
+    that key was kept (1/``keys_per_row`` when rows keep another number of keys: tile selection). ceil(N / head_dim) windows read the whole mask, so the probe works
     for implementations that support only some head dims (the CUDA kernels, plugins).
     """
     import torch
@@ -122,5 +128,5 @@ def probe_selection(run_op, coef, basis, budget: int, cls_rows: int = 1, head_di
         v = torch.zeros(b, h, n, head_dim, dtype=dtype)
         v[:, :, torch.arange(start, start + width), torch.arange(width)] = 1
         out = torch.as_tensor(run_op(zeros, zeros, v, coef, basis)).float()
-        mask[..., start:start + width] = out[:, :, cls_rows:, :width] > 0.5 / budget
+        mask[..., start:start + width] = out[:, :, cls_rows:, :width] > 0.5 / (keys_per_row or budget)
     return mask

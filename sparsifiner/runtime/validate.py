@@ -121,7 +121,10 @@ def validate_onnx(settings: ValidateSettings) -> dict:
 
     feeds = build_feeds(settings.inputs, preprocess, batch, settings.num_batches, settings.seed)
 
-    ort_op = ort_runtime.resolve_op_backend(settings.ort_op)
+    import onnx
+
+    graph = onnx.load(settings.onnx_path, load_external_data=False)
+    ort_op = ort_runtime.resolve_op_backend(settings.ort_op, graph)
     calls_before = ort_runtime.EXTENSIONS_OP_CALLS["count"]
     coef_names = list((info.get("op_inputs") or {}).get("coef") or []) if info["attention"] != "dense" else []
     native_before = _native_calls() if ort_op == "native" else 0

@@ -12,7 +12,12 @@ beside accuracy:
   attention-mass recall share of each non-CLS row's dense attention probability that
                         falls inside the predicted mask, averaged over rows, heads,
                         blocks and images; ``oracle_recall`` is the same for the best
-                        possible mask of the same budget (the top-B dense probabilities).
+                        possible mask of the same size (each row's top-K dense
+                        probabilities, K = keys per row: B, or C with tile selection);
+                        ``row_oracle_recall`` for the per-row oracle at the budget B;
+  selection recall      share of each row's own top-B keys (by its predicted scores) that
+                        the mask keeps: 1 for row selection, below 1 where tile-shared
+                        selection (settings.selection) departs from per-query connectivity.
 The intermediates of each block are reduced as soon as the block has run, so memory
 stays at one block's worth. Counts are summed over processes, so sharded evaluation
 is exact.
@@ -30,7 +35,8 @@ from sparsifiner.errors import SparsifinerError
 from sparsifiner.train.distributed import DistInfo, all_reduce_sum
 from sparsifiner.train.losses import attention_distillation
 
-METRIC_KEYS = ("top1", "top5", "basis_sparsity", "coef_sparsity", "mask_density", "recall", "oracle_recall")
+METRIC_KEYS = ("top1", "top5", "basis_sparsity", "coef_sparsity", "mask_density", "recall", "oracle_recall",
+               "row_oracle_recall", "selection_recall")
 
 
 def is_sparsifiner(model: nn.Module) -> bool:
@@ -51,21 +57,30 @@ def basis_sparsity(model: nn.Module) -> float:
 class _BlockStats:
     """Sums of the method metrics over blocks, rows and images."""
 
-    NAMES = ("recall", "oracle", "rows", "coef_zero", "coef_total", "empty_rows", "mask_kept", "mask_total",
-             "attn_loss")
+    NAMES = ("recall", "oracle", "row_oracle", "selection", "rows", "coef_zero", "coef_total", "empty_rows",
+             "mask_kept", "mask_total", "attn_loss")
 
     def __init__(self, attn_loss: Optional[str]):
         self.sums = dict.fromkeys(self.NAMES, 0.0)
         self.attn_loss = attn_loss
 
-    def add(self, aux: dict, budget: int) -> None:
+    def add(self, aux: dict, layer) -> None:
+        from sparsifiner.ops import topk_mask
+
+        budget, keys = layer.budget, layer.keys_per_row
         rows = aux["mask"].shape[-2]
         dense = aux["attn"][..., -rows:, :].float()
         n = dense.shape[-1]
         mask = aux["mask"]
         s = self.sums
         s["recall"] += float((dense * mask).sum())
-        s["oracle"] += float(torch.topk(dense, budget, dim=-1).values.sum())
+        row_oracle = float(torch.topk(dense, budget, dim=-1).values.sum())
+        s["row_oracle"] += row_oracle
+        s["oracle"] += row_oracle if keys == budget else float(torch.topk(dense, keys, dim=-1).values.sum())
+        if layer.selection is None:
+            s["selection"] += dense[..., 0].numel() * budget
+        else:
+            s["selection"] += float((topk_mask(aux["scores"].detach(), budget) & mask).sum())
         s["rows"] += dense[..., 0].numel()
         s["coef_zero"] += float((aux["coef"] == 0).sum())
         s["coef_total"] += aux["coef"].numel()
@@ -107,7 +122,7 @@ def evaluate_model(model: nn.Module, loader, info: Optional[DistInfo] = None, *,
             if sparse:
                 with collect_aux(model) as records:
                     hooks = [layer.register_forward_hook(
-                        lambda mod, inp, out, records=records: stats.add(records.pop(), mod.budget))
+                        lambda mod, inp, out, records=records: stats.add(records.pop(), mod))
                         for layer in sparse_layers(model)]
                     try:
                         logits = model(images)
@@ -136,6 +151,8 @@ def evaluate_model(model: nn.Module, loader, info: Optional[DistInfo] = None, *,
         out.update({
             "mode": layers[0].mode,
             "budget": layers[0].budget,
+            "selection": layers[0].settings.selection,
+            "keys_per_row": layers[0].keys_per_row,
             "num_tokens": layers[0].num_tokens,
             "basis_sparsity": basis_sparsity(model),
             "coef_sparsity": sums["coef_zero"] / max(sums["coef_total"], 1),
@@ -143,6 +160,8 @@ def evaluate_model(model: nn.Module, loader, info: Optional[DistInfo] = None, *,
             "mask_density": sums["mask_kept"] / max(sums["mask_total"], 1),
             "recall": sums["recall"] / max(sums["rows"], 1),
             "oracle_recall": sums["oracle"] / max(sums["rows"], 1),
+            "row_oracle_recall": sums["row_oracle"] / max(sums["rows"], 1),
+            "selection_recall": sums["selection"] / max(sums["rows"] * layers[0].budget, 1),
         })
         if attn_loss is not None:
             out["attn_loss"] = sums["attn_loss"] / len(layers) / max(images, 1)
@@ -177,7 +196,7 @@ def evaluate_checkpoints(paths: Sequence[str], data: str = "digits", *, batch_si
 def format_eval_table(rows: list[dict]) -> str:
     """A fixed-width table of evaluation results (one row per model)."""
     head = f"{'model':<28} {'mode':<6} {'top-1':>7} {'top-5':>7} {'basis sp':>9} {'coef sp':>8} " \
-           f"{'mask dens':>9} {'recall':>7} {'oracle':>7}"
+           f"{'mask dens':>9} {'recall':>7} {'oracle':>7} {'keys':>9}"
     lines = [head, "-" * len(head)]
 
     def pct(row, key):
@@ -186,5 +205,13 @@ def format_eval_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(f"{row.get('name', '?'):<28.28} {row.get('mode', 'dense'):<6} {row['top1']:>6.2f}% {row['top5']:>6.2f}% "
                      f"{pct(row, 'basis_sparsity'):>9} {pct(row, 'coef_sparsity'):>8} {pct(row, 'mask_density'):>9} "
-                     f"{pct(row, 'recall'):>7} {pct(row, 'oracle_recall'):>7}")
+                     f"{pct(row, 'recall'):>7} {pct(row, 'oracle_recall'):>7} {_keys(row):>9}")
     return "\n".join(lines)
+
+
+def _keys(row: dict) -> str:
+    """Keys per row and how they are chosen: "16" (row), "24 tile" (tile-shared), "16 2-lvl"."""
+    if "keys_per_row" not in row:
+        return "-"
+    kind = {"row": "", "tile": " tile", "two_level": " 2-lvl"}.get(row.get("selection", "row"), "")
+    return f"{row['keys_per_row']}{kind}"

@@ -4,7 +4,9 @@ For an image and a query patch, each chosen block gets one row; each head gets t
 panels over the patch grid: the connectivity mask the predictor chose (the budget's
 keys, in yellow), the sparse attention the model used, and the full (dense)
 attention of the same q and k. The CLS key is not on the grid: its share of the
-row's probability is written in the panel title. One PNG per budget.
+row's probability is written in the panel title. With tile-shared selection
+(settings.selection "tile" or "two_level") the query's tile is outlined in white on the
+panels: every query of that tile chose from the same keys. One PNG per budget.
 """
 from __future__ import annotations
 
@@ -98,6 +100,12 @@ def attention_figure(model: nn.Module, image: torch.Tensor, display: torch.Tenso
     heads = max(1, min(heads, layers[0].num_heads))
     maps = attention_maps(model, image, query, budget, blocks, heads)
     gh, gw = model.patch_embed.grid_size
+    selection = layers[0].settings.selection
+    tile = None
+    if selection != "row":  # the query's tile on the grid: (top, left, height, width)
+        th, tw = layers[0].settings.tile_rows, layers[0].settings.tile_cols
+        top, left = query[0] // th * th, query[1] // tw * tw
+        tile = (top, left, min(th, gh - top), min(tw, gw - left))
     cols = 1 + 3 * heads
     fig, axes = plt.subplots(len(blocks), cols, figsize=(1.9 * cols, 2.35 * len(blocks) + 0.3), squeeze=False)
     img = display.permute(1, 2, 0).clamp(0, 1).numpy()
@@ -114,13 +122,19 @@ def attention_figure(model: nn.Module, image: torch.Tensor, display: torch.Tenso
                 ax.imshow(data, cmap="viridis" if kind == "mask" else "inferno", vmin=0,
                           vmax=1 if kind == "mask" else max(float(data.max()), 1e-6), interpolation="nearest")
                 ax.add_patch(Rectangle((query[1] - 0.5, query[0] - 0.5), 1, 1, fill=False, color="red", lw=1))
+                if tile is not None:
+                    ax.add_patch(Rectangle((tile[1] - 0.5, tile[0] - 0.5), tile[3], tile[2], fill=False,
+                                           color="white", lw=1, ls="--"))
                 name = {"mask": "mask", "sparse": "sparse attn", "dense": "full attn"}[kind]
                 ax.set_title(f"h{h} {name}\nCLS {float(entry['cls'][kind][h]):.2f}", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
     recall = sum(m["recall"] for m in maps) / len(maps)
-    fig.suptitle(f"budget {budget} of {layers[0].num_tokens} keys; mass recall of the mask {100 * recall:.1f}% "
+    what = f"budget {budget}" if selection == "row" else (
+        f"{selection} selection, {layers[0].settings.tile_rows}x{layers[0].settings.tile_cols} tiles, "
+        f"{layers[0].keys_per_row} keys per query (budget {budget}, tile budget {layers[0].tile_budget})")
+    fig.suptitle(f"{what} of {layers[0].num_tokens} keys; mass recall of the mask {100 * recall:.1f}% "
                  f"(mean over shown heads and blocks)", fontsize=9)
     fig.tight_layout()
     path = Path(path)

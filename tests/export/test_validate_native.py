@@ -49,3 +49,19 @@ def test_validate_reports_the_native_op(exported, native_library):
     assert report["passed"] and report["ort_op"] == "native"
     assert report["native_op_calls"] == 2  # 2 blocks x 1 batch
     assert "C++ kernel, 2 calls" in format_report(report)
+
+
+def test_tile_graphs_never_reach_the_row_kernel(native_library):
+    """The native kernel is op version 1: a version-2 (tile) graph runs its local function under
+    "auto" and "native" is refused with a one-line error."""
+    import onnx
+
+    from sparsifiner import op_spec
+
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []),
+                                   opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                  onnx.helper.make_opsetid(op_spec.OP_DOMAIN, op_spec.OP_VERSION_TILE)])
+    assert resolve_op_backend("auto") == "native"
+    assert resolve_op_backend("auto", model) == "function"
+    with pytest.raises(SparsifinerError, match="use --ort-op function or extensions"):
+        resolve_op_backend("native", model)

@@ -29,3 +29,20 @@ def test_budget_and_densities_move_the_counts():
     sparse = count_flops("deit_tiny_patch16_224", SparsifinerSettings(budget=20), coef_density=0.1, basis_density=0.1)
     assert sparse["reduction"]["mhsa"] > 0.6
     assert sparse["assumptions"]["basis_source"] == "given"
+
+
+def test_tile_selection_macs():
+    """Tile selection at C costs C/B of row selection's MHSA at B; its scores are per tile."""
+    args = dict(n=197, c=1, embed=384, heads=6, head_dim=64, hidden=1536, rank=32, reduced=32, budget=49,
+                coef_density=0.25, basis_density=0.5)
+    row = block_macs(**args)["sparsifiner"]
+    tile = block_macs(**args, selection="tile", tiles=4, tile_budget=98)["sparsifiner"]
+    two = block_macs(**args, selection="two_level", tiles=4, tile_budget=98)["sparsifiner"]
+    assert tile["mhsa"] - 2 * 6 * 197 * 64 == 2 * (row["mhsa"] - 2 * 6 * 197 * 64)
+    assert two["mhsa"] == row["mhsa"]
+    fixed = row["predictor"] - 6 * 196 * 8 * 98.5
+    assert tile["predictor"] - fixed == pytest.approx(6 * 196 * 8 + 6 * 4 * 32 * 98.5)
+    assert two["predictor"] - tile["predictor"] == pytest.approx(6 * 196 * 8 * 49)
+    data = count_flops("deit_small_patch16_224", SparsifinerSettings(selection="tile", tile_factor=2.0))
+    assert (data["tile"], data["tile_budget"], data["keys_per_row"]) == ([8, 8], 98, 98)
+    assert data["blocks"][0]["keys_per_row"] == 98
