@@ -331,6 +331,7 @@ def report(args) -> None:
 
 
 def main(argv=None) -> int:
+    global SHARED_PHASE1
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["train", "random", "report"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -342,7 +343,6 @@ def main(argv=None) -> int:
     parser.add_argument("--trained", action="store_true", help="report: also the before-phase-2 statistics")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    global SHARED_PHASE1
     SHARED_PHASE1 = Path(args.shared_phase1)
     if args.threads:
         import torch
