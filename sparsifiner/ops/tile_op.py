@@ -44,7 +44,8 @@ def topk_masked_attention_v2_op(
 
 @topk_masked_attention_v2_op.register_fake
 def _(q, k, v, coef, basis, budget, scale, cls_rows, selection, grid_cols, tile_rows, tile_cols, tile_budget):
-    return torch.empty_like(q)
+    # new_empty: contiguous, like the reference's output (empty_like would copy q's strides).
+    return q.new_empty(q.shape)
 
 
 def selected_attention(

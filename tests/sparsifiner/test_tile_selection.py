@@ -150,3 +150,24 @@ def test_layer_grid_follows_the_model_and_resize():
     assert layer.grid_size == (16, 16) and (layer.budget, layer.tile_budget) == (64, 128)
     out = model.eval()(torch.randn(1, 3, 256, 256))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "qkv_views"])
+def test_v2_op_passes_opcheck(layout):
+    """The version-2 op's schema, fake implementation (contiguous output, as the reference's)
+    and dispatch pass torch.library.opcheck, in tile and two-level modes."""
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    b, h, side, d = 2, 3, 4, 8
+    n = side * side + 1
+    if layout == "contiguous":
+        q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
+    else:
+        q, k, v = torch.randn(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+    coef = torch.rand(b, h, n - 1, 5)
+    coef = torch.where(coef > 0.4, coef, torch.zeros_like(coef))
+    basis = torch.rand(5, n)
+    op = torch.ops.sparsifiner.topk_masked_attention_v2.default
+    for mode in (1, 2):  # op_spec.SELECTION_MODES: tile, two_level
+        args = (q, k, v, coef, basis, 4, 0.35, 1, mode, side, 2, 2, 6)
+        results = torch.library.opcheck(op, args, test_utils=checks, raise_exception=False)
+        assert results == {name: "SUCCESS" for name in checks}, mode
