@@ -24,6 +24,13 @@
 #define SPF_LAUNCH_BOUNDS(n)
 #define SPF_UNROLL
 #define SPF_DYNAMIC_SMEM(name) uint8_t* name = ::spfemu::dynamicSmem()
+// Cost-model annotations (tests/trt_plugins/emulator): warp-instruction counts by class
+// for the instructions the emulator cannot see (arithmetic, shared loads and stores,
+// global loads), the kernel phase they belong to, and shared atomics whose bank
+// conflicts are to be measured. Nothing of this reaches the GPU build.
+#define SPF_COUNT(op, n) ::spfemu::count(::spfemu::Op::op, static_cast<double>(n))
+#define SPF_PHASE(phase) ::spfemu::setPhase(::spfemu::Phase::phase)
+#define SPF_ATOMS_CONFLICT(address, active) ::spfemu::recordAtomic(__LINE__, (address), (active))
 #else
 #define SPF_DEVICE __device__ __forceinline__
 #define SPF_HOST_DEVICE __host__ __device__ inline
@@ -31,6 +38,9 @@
 #define SPF_LAUNCH_BOUNDS(n) __launch_bounds__(n)
 #define SPF_UNROLL _Pragma("unroll")
 #define SPF_DYNAMIC_SMEM(name) extern __shared__ __align__(128) uint8_t name[]
+#define SPF_COUNT(op, n) ((void) 0)
+#define SPF_PHASE(phase) ((void) 0)
+#define SPF_ATOMS_CONFLICT(address, active) ((void) 0)
 #endif
 
 namespace sparsifiner

@@ -11,6 +11,16 @@
  * masks, misaligned ldmatrix rows and shared/global addresses outside the launch's
  * buffers are reported as errors. It does not model timing, memory ordering races or
  * bank conflicts: a passing emulation is evidence of correct indexing and logic only.
+ *
+ * Cost model: every run also counts warp instructions by class (see Op), per phase of
+ * the kernel. Warp-collective instructions (shuffles, ballots, ldmatrix, mma, cp.async,
+ * barriers, atomics) are counted here; the kernels annotate their other instructions
+ * with SPF_COUNT (no code on the GPU). Each lane tallies what it executes; at every
+ * warp-collective point (and at the end) the warp is charged, per class, the maximum
+ * over its lanes, since a warp issues an instruction once for all its active lanes.
+ * Byte classes (global traffic) are summed over lanes instead. Shared atomics that the
+ * kernel marks with SPF_ATOMS_CONFLICT are grouped per warp instruction, and the extra
+ * serialisation (lanes on the same bank beyond the first) is counted in kATOMS_EXTRA.
  */
 #pragma once
 
@@ -44,11 +54,72 @@ enum class State
 constexpr int32_t kSLOT_BYTES{32};
 constexpr size_t kSTACK_BYTES{256 * 1024};
 
+//! Instruction classes of the cost model (warp instructions unless named *_BYTES).
+enum class Op : int32_t
+{
+    kFMA,         //!< FFMA, FADD, FMUL, HFMA2, IMAD (fp32 pipe, 128 lanes/clk/SM)
+    kALU,         //!< integer, logic, compare, select, min/max, shifts (64 lanes/clk/SM)
+    kBIT,         //!< POPC, FLO (clz/ffs), BREV (16 lanes/clk/SM)
+    kCVT,         //!< 32-bit conversions F2I, I2F, F2F (16 lanes/clk/SM)
+    kMUFU,        //!< exp2, rcp, ... (16 lanes/clk/SM)
+    kSHFL,        //!< shuffles (32 lanes/clk/SM)
+    kVOTE,        //!< ballot, any, all
+    kLDS,         //!< shared loads (instructions)
+    kSTS,         //!< shared stores (instructions)
+    kSMEM_EXTRA,  //!< shared-memory wavefronts beyond one per instruction (wide accesses, ldmatrix.x4)
+    kATOMS,       //!< shared atomics (one per warp instruction)
+    kATOMS_EXTRA, //!< their serialisation: lanes on one bank beyond the first
+    kLDSM,        //!< ldmatrix.x4 (instructions)
+    kMMA,         //!< mma.m16n8k16 (4096 FLOP each)
+    kLDG,         //!< global loads/stores and cp.async (instructions)
+    kBAR,         //!< __syncthreads
+    kOTHER,       //!< branches, address arithmetic not counted elsewhere, warp syncs
+    kG_BYTES,     //!< global bytes moved (summed over lanes)
+    kROWS,        //!< query rows processed (summed; one lane counts each row)
+    kCOUNT,
+};
+constexpr int32_t kNUM_OPS{static_cast<int32_t>(Op::kCOUNT)};
+inline bool isSummed(int32_t op)
+{
+    return op == static_cast<int32_t>(Op::kG_BYTES) || op == static_cast<int32_t>(Op::kROWS);
+}
+
+//! Kernel phases the counts are split by.
+enum class Phase : int32_t
+{
+    kPREP,      //!< basis preparation kernels
+    kSCORES,    //!< connectivity scores
+    kSELECT,    //!< top-B selection
+    kUNION,     //!< key unions, lists and masks between selection and attention
+    kATTEND,    //!< attention (logits, softmax, PV, output)
+    kFALLBACK,  //!< exact per-row fallback paths inside v2 (v1 code)
+    kCOUNT,
+};
+constexpr int32_t kNUM_PHASES{static_cast<int32_t>(Phase::kCOUNT)};
+
+struct Tally
+{
+    double v[kNUM_PHASES][kNUM_OPS];
+};
+
+struct AtomicRecord
+{
+    int32_t site;
+    int32_t ordinal;
+    uintptr_t address;
+    bool active;
+};
+
 struct Thread
 {
     ucontext_t ctx;
     uint3 tid;
     State state;
+    int32_t phase;
+    Tally pending;
+    std::vector<int16_t> touched; // flat (phase, op) indices with a nonzero pending count
+    std::vector<AtomicRecord> atomics;
+    std::vector<std::pair<int32_t, int32_t>> siteOrdinals; // (site, next ordinal)
 };
 
 struct Emulator
@@ -69,6 +140,9 @@ struct Emulator
     std::vector<std::pair<uintptr_t, uintptr_t>> globalRanges;
     std::function<void()> body;
     std::string error;
+    Tally total{};
+    Tally scratch{}; // per-warp fold accumulator (all zero between folds)
+    std::vector<int32_t> warpDone;
 };
 
 inline Emulator& emu()
@@ -80,6 +154,124 @@ inline Emulator& emu()
 inline Thread& self()
 {
     return emu().threads[static_cast<size_t>(emu().current)];
+}
+
+//! Charge warp `warp` for its lanes' pending counts (max over lanes; bytes summed).
+inline void foldWarp(uint32_t warp)
+{
+    Emulator& e = emu();
+    Tally& t = e.total;
+    double* acc = &e.scratch.v[0][0];
+    int16_t warpTouched[kNUM_PHASES * kNUM_OPS];
+    int32_t nTouched = 0;
+    for (uint32_t i = warp * 32; i < warp * 32 + 32; ++i)
+    {
+        Thread& th = e.threads[i];
+        double* pending = &th.pending.v[0][0];
+        for (int16_t idx : th.touched)
+        {
+            double const x = pending[idx];
+            pending[idx] = 0.0;
+            if (acc[idx] == 0.0 && x != 0.0)
+            {
+                warpTouched[nTouched++] = idx;
+            }
+            acc[idx] = isSummed(idx % kNUM_OPS) ? acc[idx] + x : std::max(acc[idx], x);
+        }
+        th.touched.clear();
+    }
+    for (int32_t k = 0; k < nTouched; ++k)
+    {
+        int16_t const idx = warpTouched[k];
+        (&t.v[0][0])[idx] += acc[idx];
+        acc[idx] = 0.0;
+    }
+    // Shared atomics marked by the kernel: one warp instruction per (site, ordinal).
+    std::vector<AtomicRecord> all;
+    for (uint32_t i = warp * 32; i < warp * 32 + 32; ++i)
+    {
+        Thread& th = e.threads[i];
+        if (th.atomics.empty())
+        {
+            continue;
+        }
+        all.insert(all.end(), th.atomics.begin(), th.atomics.end());
+        th.atomics.clear();
+        th.siteOrdinals.clear();
+    }
+    std::sort(all.begin(), all.end(), [](AtomicRecord const& a, AtomicRecord const& b) {
+        return a.site != b.site ? a.site < b.site : a.ordinal < b.ordinal;
+    });
+    for (size_t b = 0; b < all.size();)
+    {
+        size_t end = b;
+        int32_t banks[32] = {};
+        while (end < all.size() && all[end].site == all[b].site && all[end].ordinal == all[b].ordinal)
+        {
+            if (all[end].active)
+            {
+                ++banks[(all[end].address / 4) % 32];
+            }
+            ++end;
+        }
+        int32_t worst = 0;
+        for (int32_t k = 0; k < 32; ++k)
+        {
+            worst = std::max(worst, banks[k]);
+        }
+        if (worst > 1)
+        {
+            t.v[e.threads[warp * 32].phase][static_cast<int32_t>(Op::kATOMS_EXTRA)] += worst - 1;
+        }
+        b = end;
+    }
+}
+
+inline void foldAll()
+{
+    for (uint32_t w = 0; w < emu().threads.size() / 32; ++w)
+    {
+        foldWarp(w);
+    }
+}
+
+inline void count(Op op, double n)
+{
+    Thread& t = self();
+    double& slot = t.pending.v[t.phase][static_cast<int32_t>(op)];
+    if (slot == 0.0 && n != 0.0)
+    {
+        t.touched.push_back(static_cast<int16_t>(t.phase * kNUM_OPS + static_cast<int32_t>(op)));
+    }
+    slot += n;
+}
+
+inline void setPhase(Phase p)
+{
+    self().phase = static_cast<int32_t>(p);
+}
+
+//! A shared atomic the calling lane would perform (active) or skip, at a numbered site:
+//! the i-th call of a site by each lane of a warp is one warp instruction.
+inline void recordAtomic(int32_t site, void const* address, bool active)
+{
+    Thread& t = self();
+    int32_t ordinal = 0;
+    bool found = false;
+    for (auto& so : t.siteOrdinals)
+    {
+        if (so.first == site)
+        {
+            ordinal = so.second++;
+            found = true;
+            break;
+        }
+    }
+    if (!found)
+    {
+        t.siteOrdinals.emplace_back(site, 1);
+    }
+    t.atomics.push_back(AtomicRecord{site, ordinal, reinterpret_cast<uintptr_t>(address), active});
 }
 
 inline void fail(std::string const& message)
@@ -101,8 +293,10 @@ inline void yieldToScheduler()
 inline void blockBarrier()
 {
     Emulator& e = emu();
+    count(Op::kBAR, 1);
     if (++e.blockArrived == static_cast<int32_t>(e.threads.size()))
     {
+        foldAll();
         e.blockArrived = 0;
         for (Thread& t : e.threads)
         {
@@ -123,6 +317,7 @@ inline void warpBarrier()
     uint32_t const warp = self().tid.x / 32;
     if (++e.warpArrived[warp] == 32)
     {
+        foldWarp(warp);
         e.warpArrived[warp] = 0;
         for (uint32_t i = warp * 32; i < warp * 32 + 32; ++i)
         {
@@ -194,6 +389,8 @@ inline void checkGlobal(void const* p, size_t bytes, char const* what)
 
 inline void cpAsync16(void* smemDst, void const* gmemSrc, bool valid)
 {
+    count(Op::kLDG, 1);
+    count(Op::kG_BYTES, valid ? 16 : 0);
     checkSmem(smemDst, 16, "cp.async");
     if ((reinterpret_cast<uintptr_t>(smemDst) | reinterpret_cast<uintptr_t>(gmemSrc)) % 16 != 0)
     {
@@ -215,6 +412,8 @@ inline void cpAsync16(void* smemDst, void const* gmemSrc, bool valid)
 //! l/4, rows 2(l%4) and 2(l%4)+1), the lower index in the low half.
 inline void ldmatrixX4(uint32_t (&r)[4], void const* rowAddress, bool trans)
 {
+    count(Op::kLDSM, 1);
+    count(Op::kSMEM_EXTRA, 3);
     checkSmem(rowAddress, 16, "ldmatrix");
     if (reinterpret_cast<uintptr_t>(rowAddress) % 16 != 0)
     {
@@ -255,6 +454,7 @@ inline void mma16816(float (&d)[4], uint32_t const (&a)[4], uint32_t b0, uint32_
         uint32_t a[4];
         uint32_t b[2];
     };
+    count(Op::kMMA, 1);
     Fragments const mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
     Fragments all[32];
     warpGather(mine, all);
@@ -285,14 +485,20 @@ inline void mma16816(float (&d)[4], uint32_t const (&a)[4], uint32_t b0, uint32_
 inline void trampoline()
 {
     emu().body();
+    Emulator& e = emu();
+    uint32_t const warp = self().tid.x / 32;
+    if (++e.warpDone[warp] == 32)
+    {
+        foldWarp(warp);
+    }
     self().state = State::kDONE;
 }
 
 //! Run `body` as a 1-D grid of 1-D blocks. Returns "" or the first error. With
 //! blockStride > 1 only every blockStride-th block and the last one run (a sample of a
 //! big grid; the kernels' blocks are independent).
-inline std::string launch(
-    uint32_t grid, uint32_t block, size_t smemBytes, std::function<void()> body, uint32_t blockStride = 1)
+inline std::string launch(uint32_t grid, uint32_t block, size_t smemBytes, std::function<void()> body,
+    uint32_t blockStride = 1, Phase initialPhase = Phase::kSCORES)
 {
     Emulator& e = emu();
     e.error.clear();
@@ -309,6 +515,7 @@ inline std::string launch(
         e.stacks.emplace_back(kSTACK_BYTES);
     }
     e.warpArrived.assign(block / 32, 0);
+    e.warpDone.assign(block / 32, 0);
     e.slots.assign(static_cast<size_t>(block) * kSLOT_BYTES, 0);
     e.smemStorage.assign(smemBytes + 256, 0);
     e.smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(e.smemStorage.data()) + 127) & ~uintptr_t{127});
@@ -322,12 +529,18 @@ inline std::string launch(
         e.blockIdx = uint3{b, 0, 0};
         e.blockArrived = 0;
         std::fill(e.warpArrived.begin(), e.warpArrived.end(), 0);
+        std::fill(e.warpDone.begin(), e.warpDone.end(), 0);
         std::memset(e.smem, 0xFF, smemBytes);
         for (uint32_t i = 0; i < block; ++i)
         {
             Thread& t = e.threads[i];
             t.tid = uint3{i, 0, 0};
             t.state = State::kRUNNABLE;
+            t.phase = static_cast<int32_t>(initialPhase);
+            t.pending = Tally{};
+            t.touched.clear();
+            t.atomics.clear();
+            t.siteOrdinals.clear();
             getcontext(&t.ctx);
             t.ctx.uc_stack.ss_sp = e.stacks[i].data();
             t.ctx.uc_stack.ss_size = kSTACK_BYTES;
@@ -378,12 +591,14 @@ inline void __syncthreads()
 inline void __syncwarp(unsigned mask = 0xFFFFFFFFU)
 {
     spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kOTHER, 1);
     spfemu::warpBarrier();
 }
 
 inline unsigned __ballot_sync(unsigned mask, int predicate)
 {
     spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kVOTE, 1);
     int32_t all[32];
     spfemu::warpGather(static_cast<int32_t>(predicate != 0), all);
     unsigned bits = 0;
@@ -398,6 +613,7 @@ template <typename T>
 inline T __shfl_sync(unsigned mask, T value, int src, int /*width*/ = 32)
 {
     spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kSHFL, 1);
     T all[32];
     spfemu::warpGather(value, all);
     return all[src & 31];
@@ -407,6 +623,7 @@ template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T value, int laneMask, int /*width*/ = 32)
 {
     spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kSHFL, 1);
     T all[32];
     spfemu::warpGather(value, all);
     return all[(spfemu::self().tid.x % 32) ^ static_cast<unsigned>(laneMask & 31)];
@@ -416,6 +633,7 @@ template <typename T>
 inline T __shfl_down_sync(unsigned mask, T value, unsigned delta, int /*width*/ = 32)
 {
     spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kSHFL, 1);
     T all[32];
     spfemu::warpGather(value, all);
     unsigned const src = spfemu::self().tid.x % 32 + delta;
@@ -426,6 +644,7 @@ template <typename T>
 inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int /*width*/ = 32)
 {
     spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kSHFL, 1);
     T all[32];
     spfemu::warpGather(value, all);
     int32_t const src = static_cast<int32_t>(spfemu::self().tid.x % 32) - static_cast<int32_t>(delta);
@@ -434,16 +653,19 @@ inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int /*width*/ = 
 
 inline int __popc(unsigned x)
 {
+    spfemu::count(spfemu::Op::kBIT, 1);
     return __builtin_popcount(x);
 }
 
 inline int __clz(int x)
 {
+    spfemu::count(spfemu::Op::kBIT, 1);
     return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x));
 }
 
 inline int __ffs(int x)
 {
+    spfemu::count(spfemu::Op::kBIT, 1);
     return __builtin_ffs(x);
 }
 
@@ -464,6 +686,7 @@ inline unsigned __float_as_uint(float f)
 // Coroutines never preempt each other: a plain read-modify-write is atomic here.
 inline unsigned atomicAdd(unsigned* p, unsigned v)
 {
+    spfemu::count(spfemu::Op::kATOMS, 1);
     unsigned const old = *p;
     *p = old + v;
     return old;
@@ -471,6 +694,7 @@ inline unsigned atomicAdd(unsigned* p, unsigned v)
 
 inline unsigned atomicOr(unsigned* p, unsigned v)
 {
+    spfemu::count(spfemu::Op::kATOMS, 1);
     unsigned const old = *p;
     *p = old | v;
     return old;
