@@ -54,6 +54,7 @@ DENSE = {
     "fa2": {197: (0.3, 0.5), 577: (0.210, 0.210), 1025: (0.194, 0.194), 4097: (0.185, 0.185)},
     "fa3": {197: (0.3, 0.5), 577: (0.178, 0.178), 1025: (0.151, 0.151), 4097: (0.125, 0.125)},
 }
+ROW_COUNTERS = ("rows", "rows_list", "rows_zero", "rows_v1")
 INSTRUCTION_OPS = ("fma", "alu", "bit", "cvt", "mufu", "shfl", "vote", "lds", "sts", "atoms", "ldsm", "mma", "ldg",
                    "bar", "other")
 SELECTION_PHASES = ("scores", "select", "fallback")

@@ -86,92 +86,28 @@ SPF_DEVICE int32_t compactUnion(uint32_t const* sUnion, int32_t nWords, uint16_t
     return carry;
 }
 
-template <typename T, int32_t kHEAD_DIM>
-SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
-    tiledTopKAttentionKernel(TopKMaskedAttentionParams const p, BasisCsr const csr, int32_t const /*warps*/)
+//! Phase 2 of the tiled kernels: flash attention of the tile's 64 query slots over a key
+//! list (sKeys[0 .. numKeys), or all N keys when dense), each slot's logits masked by its
+//! own bitmask row (sMask + slot * nWords) unless dense. rowOf(slot) gives the query row
+//! of a slot, or -1 for an empty slot. Block-wide; uses `scratch` for Q, K and V tiles.
+template <typename T, int32_t kHEAD_DIM, typename RowOf>
+SPF_DEVICE void attendTile(TopKMaskedAttentionParams const& p, int64_t bh, RowOf rowOf, uint32_t const* sMask,
+    int32_t nWords, uint16_t const* sKeys, int32_t numKeys, bool dense, uint8_t* scratch)
 {
     using Cfg = TiledConfig<T, kHEAD_DIM>;
     using Traits = ElemTraits<T>;
-    SPF_DYNAMIC_SMEM(smem);
-
     int32_t const n = p.numTokens;
-    int32_t const cls = p.clsRows;
-    int32_t const nWords = numWords(n);
-    TiledLayout const layout = tiledLayout(n, kHEAD_DIM, static_cast<int32_t>(sizeof(T)));
-    int32_t* sMisc = reinterpret_cast<int32_t*>(smem);
-    uint32_t* sMask = reinterpret_cast<uint32_t*>(smem + layout.mask);
-    uint32_t* sUnion = reinterpret_cast<uint32_t*>(smem + layout.unionWords);
-    uint16_t* sKeys = reinterpret_cast<uint16_t*>(smem + layout.keys);
-    uint8_t* scratch = smem + layout.scratch;
-
     int32_t const tid = static_cast<int32_t>(threadIdx.x);
     int32_t const warp = tid / kWARP_SIZE;
     uint32_t const lane = laneId();
     int32_t const group = static_cast<int32_t>(lane >> 2); // MMA groupID
     int32_t const quad = static_cast<int32_t>(lane & 3);   // MMA threadID_in_group
-
-    int64_t const tiles = tilesPerHead(n, cls);
-    int64_t const bh = static_cast<int64_t>(blockIdx.x) / tiles;
-    int32_t const tile = static_cast<int32_t>(static_cast<int64_t>(blockIdx.x) % tiles);
-    int32_t const clsTiles = static_cast<int32_t>(ceilDiv(cls, kTILE_ROWS));
-    bool const clsTile = tile < clsTiles;
-    int32_t const rowBegin = clsTile ? tile * kTILE_ROWS : cls + (tile - clsTiles) * kTILE_ROWS;
-    int32_t const rowEnd = clsTile ? minInt(rowBegin + kTILE_ROWS, cls) : minInt(rowBegin + kTILE_ROWS, n);
-    bool const dense = clsTile || p.budget >= n;
-
     int64_t const headOffset = bh * n * kHEAD_DIM;
     T const* qHead = static_cast<T const*>(p.q) + headOffset;
     T const* kHead = static_cast<T const*>(p.k) + headOffset;
     T const* vHead = static_cast<T const*>(p.v) + headOffset;
     T* outHead = static_cast<T*>(p.out) + headOffset;
 
-    // ------------------------------------------------------------ phase 1: selection
-    int32_t numKeys = n;
-    SPF_COUNT(kROWS, tid == 0 ? rowEnd - rowBegin : 0);
-    SPF_COUNT(kALU, 40); // tile and row bookkeeping (divisions by constants, pointers)
-    SPF_COUNT(kFMA, 10);
-    if (!dense)
-    {
-        SPF_PHASE(kUNION);
-        for (int32_t w = tid; w < nWords; w += kTILE_THREADS)
-        {
-            sUnion[w] = 0U;
-        }
-        __syncthreads();
-        uint32_t* sScore = reinterpret_cast<uint32_t*>(scratch) + warp * nWords * kWARP_SIZE;
-        uint32_t* sHist = reinterpret_cast<uint32_t*>(scratch) + kTILE_WARPS * nWords * kWARP_SIZE + warp * kHIST_BINS;
-        size_t const coefElem = static_cast<size_t>(elementBytes(p.coefType));
-        for (int32_t r = warp * 16; r < warp * 16 + 16; ++r)
-        {
-            int32_t const row = rowBegin + r;
-            uint32_t* maskRow = sMask + r * nWords;
-            if (row < rowEnd)
-            {
-                int64_t const coefRow = (bh * (n - cls) + (row - cls)) * static_cast<int64_t>(p.rank);
-                void const* coef = static_cast<uint8_t const*>(p.coef) + coefRow * coefElem;
-                SPF_PHASE(kSCORES);
-                SPF_COUNT(kALU, 6);
-                SPF_COUNT(kFMA, 4);
-                computeRowScores(sScore, coef, p.coefType, p.rank, csr, nWords);
-                SPF_PHASE(kSELECT);
-                selectTopK(sScore, sHist, maskRow, sUnion, n, nWords, p.budget);
-            }
-            else
-            {
-                for (int32_t w = static_cast<int32_t>(lane); w < nWords; w += kWARP_SIZE)
-                {
-                    maskRow[w] = 0U;
-                    SPF_COUNT(kSTS, 1);
-                }
-            }
-        }
-        SPF_PHASE(kUNION);
-        __syncthreads();
-        numKeys = compactUnion(sUnion, nWords, sKeys, sMisc);
-    }
-    SPF_PHASE(kATTEND);
-
-    // ------------------------------------------------------------ phase 2: attention
     T* sQ = reinterpret_cast<T*>(scratch);
     T* sK = sQ + kTILE_ROWS * Cfg::kSTRIDE;
     T* sV = sK + 2 * kKEY_CHUNK * Cfg::kSTRIDE;
@@ -180,8 +116,9 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
     {
         int32_t const r = i / Cfg::kVECS;
         int32_t const c = (i % Cfg::kVECS) * 8;
-        bool const valid = rowBegin + r < rowEnd;
-        int32_t const row = valid ? rowBegin + r : rowBegin;
+        int32_t const mapped = rowOf(r);
+        bool const valid = mapped >= 0;
+        int32_t const row = valid ? mapped : 0;
         cpAsync16(sQ + r * Cfg::kSTRIDE + c, qHead + static_cast<int64_t>(row) * kHEAD_DIM + c, valid);
         SPF_COUNT(kALU, 6);
         SPF_COUNT(kFMA, 3);
@@ -409,15 +346,96 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
         SPF_COUNT(kLDS, 1);
         SPF_COUNT(kSMEM_EXTRA, 3);
         SPF_COUNT(kLDG, 1);
-        SPF_COUNT(kG_BYTES, rowBegin + r < rowEnd ? 16 : 0);
+        int32_t const row = rowOf(r);
+        SPF_COUNT(kG_BYTES, row >= 0 ? 16 : 0);
         SPF_COUNT(kALU, 5);
         SPF_COUNT(kFMA, 3);
-        if (rowBegin + r < rowEnd)
+        if (row >= 0)
         {
-            *reinterpret_cast<uint4*>(outHead + static_cast<int64_t>(rowBegin + r) * kHEAD_DIM + c)
+            *reinterpret_cast<uint4*>(outHead + static_cast<int64_t>(row) * kHEAD_DIM + c)
                 = *reinterpret_cast<uint4 const*>(sQ + r * Cfg::kSTRIDE + c);
         }
     }
+}
+
+template <typename T, int32_t kHEAD_DIM>
+SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
+    tiledTopKAttentionKernel(TopKMaskedAttentionParams const p, BasisCsr const csr, int32_t const /*warps*/)
+{
+    SPF_DYNAMIC_SMEM(smem);
+
+    int32_t const n = p.numTokens;
+    int32_t const cls = p.clsRows;
+    int32_t const nWords = numWords(n);
+    TiledLayout const layout = tiledLayout(n, kHEAD_DIM, static_cast<int32_t>(sizeof(T)));
+    int32_t* sMisc = reinterpret_cast<int32_t*>(smem);
+    uint32_t* sMask = reinterpret_cast<uint32_t*>(smem + layout.mask);
+    uint32_t* sUnion = reinterpret_cast<uint32_t*>(smem + layout.unionWords);
+    uint16_t* sKeys = reinterpret_cast<uint16_t*>(smem + layout.keys);
+    uint8_t* scratch = smem + layout.scratch;
+
+    int32_t const tid = static_cast<int32_t>(threadIdx.x);
+    int32_t const warp = tid / kWARP_SIZE;
+    uint32_t const lane = laneId();
+
+    int64_t const tiles = tilesPerHead(n, cls);
+    int64_t const bh = static_cast<int64_t>(blockIdx.x) / tiles;
+    int32_t const tile = static_cast<int32_t>(static_cast<int64_t>(blockIdx.x) % tiles);
+    int32_t const clsTiles = static_cast<int32_t>(ceilDiv(cls, kTILE_ROWS));
+    bool const clsTile = tile < clsTiles;
+    int32_t const rowBegin = clsTile ? tile * kTILE_ROWS : cls + (tile - clsTiles) * kTILE_ROWS;
+    int32_t const rowEnd = clsTile ? minInt(rowBegin + kTILE_ROWS, cls) : minInt(rowBegin + kTILE_ROWS, n);
+    bool const dense = clsTile || p.budget >= n;
+
+    // ------------------------------------------------------------ phase 1: selection
+    int32_t numKeys = n;
+    SPF_COUNT(kROWS, tid == 0 ? rowEnd - rowBegin : 0);
+    SPF_COUNT(kALU, 40); // tile and row bookkeeping (divisions by constants, pointers)
+    SPF_COUNT(kFMA, 10);
+    if (!dense)
+    {
+        SPF_PHASE(kUNION);
+        for (int32_t w = tid; w < nWords; w += kTILE_THREADS)
+        {
+            sUnion[w] = 0U;
+        }
+        __syncthreads();
+        uint32_t* sScore = reinterpret_cast<uint32_t*>(scratch) + warp * nWords * kWARP_SIZE;
+        uint32_t* sHist = reinterpret_cast<uint32_t*>(scratch) + kTILE_WARPS * nWords * kWARP_SIZE + warp * kHIST_BINS;
+        size_t const coefElem = static_cast<size_t>(elementBytes(p.coefType));
+        for (int32_t r = warp * 16; r < warp * 16 + 16; ++r)
+        {
+            int32_t const row = rowBegin + r;
+            uint32_t* maskRow = sMask + r * nWords;
+            if (row < rowEnd)
+            {
+                int64_t const coefRow = (bh * (n - cls) + (row - cls)) * static_cast<int64_t>(p.rank);
+                void const* coef = static_cast<uint8_t const*>(p.coef) + coefRow * coefElem;
+                SPF_PHASE(kSCORES);
+                SPF_COUNT(kALU, 6);
+                SPF_COUNT(kFMA, 4);
+                computeRowScores(sScore, coef, p.coefType, p.rank, csr, nWords);
+                SPF_PHASE(kSELECT);
+                selectTopK(sScore, sHist, maskRow, sUnion, n, nWords, p.budget);
+            }
+            else
+            {
+                for (int32_t w = static_cast<int32_t>(lane); w < nWords; w += kWARP_SIZE)
+                {
+                    maskRow[w] = 0U;
+                    SPF_COUNT(kSTS, 1);
+                }
+            }
+        }
+        SPF_PHASE(kUNION);
+        __syncthreads();
+        numKeys = compactUnion(sUnion, nWords, sKeys, sMisc);
+    }
+    SPF_PHASE(kATTEND);
+
+    // ------------------------------------------------------------ phase 2: attention
+    attendTile<T, kHEAD_DIM>(p, bh, [=](int32_t slot) { return rowBegin + slot < rowEnd ? rowBegin + slot : -1; },
+        sMask, nWords, sKeys, numKeys, dense, scratch);
 }
 
 } // namespace kernels

@@ -76,12 +76,15 @@ enum class Op : int32_t
     kOTHER,       //!< branches, address arithmetic not counted elsewhere, warp syncs
     kG_BYTES,     //!< global bytes moved (summed over lanes)
     kROWS,        //!< query rows processed (summed; one lane counts each row)
+    kROWS_LIST,   //!< 2-D kernel rows selected on their candidate list (summed)
+    kROWS_ZERO,   //!< 2-D kernel rows filled with zeros by index (summed)
+    kROWS_V1,     //!< 2-D kernel rows that took v1's exact path (summed)
     kCOUNT,
 };
 constexpr int32_t kNUM_OPS{static_cast<int32_t>(Op::kCOUNT)};
 inline bool isSummed(int32_t op)
 {
-    return op == static_cast<int32_t>(Op::kG_BYTES) || op == static_cast<int32_t>(Op::kROWS);
+    return op == static_cast<int32_t>(Op::kG_BYTES) || op >= static_cast<int32_t>(Op::kROWS);
 }
 
 //! Kernel phases the counts are split by.
@@ -649,6 +652,30 @@ inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int /*width*/ = 
     spfemu::warpGather(value, all);
     int32_t const src = static_cast<int32_t>(spfemu::self().tid.x % 32) - static_cast<int32_t>(delta);
     return src >= 0 ? all[src] : value;
+}
+
+inline int __any_sync(unsigned mask, int predicate)
+{
+    return __ballot_sync(mask, predicate) != 0U;
+}
+
+inline int __all_sync(unsigned mask, int predicate)
+{
+    return __ballot_sync(mask, predicate) == mask;
+}
+
+inline int __clzll(long long x)
+{
+    spfemu::count(spfemu::Op::kBIT, 2);
+    return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x));
+}
+
+//! The high 32 bits of (hi:lo) << (shift & 31): SHF.L.W.U32.HI, one ALU instruction.
+inline unsigned __funnelshift_l(unsigned lo, unsigned hi, unsigned shift)
+{
+    spfemu::count(spfemu::Op::kALU, 1);
+    unsigned const s = shift & 31U;
+    return s == 0U ? hi : (hi << s) | (lo >> (32U - s));
 }
 
 inline int __popc(unsigned x)
