@@ -57,7 +57,7 @@ DENSE = {
 ROW_COUNTERS = ("rows", "rows_list", "rows_zero", "rows_v1")
 INSTRUCTION_OPS = ("fma", "alu", "bit", "cvt", "mufu", "shfl", "vote", "lds", "sts", "atoms", "ldsm", "mma", "ldg",
                    "bar", "other")
-SELECTION_PHASES = ("scores", "select", "fallback")
+SELECTION_PHASES = ("scores", "select", "fallback", "sample", "filter", "lists", "resolve")
 
 
 def case_list(ns, keep_rate, fixed_budget, inputs):
@@ -174,6 +174,8 @@ def run_case(ek, case_spec, algo, heads, d, rank, target_blocks):
     rec = dict(case_spec, algo=algo, algo_used=used, heads=heads, head_dim=d, rank=rank, block_stride=stride,
                emulation_s=round(time.time() - start, 1), counts=counts)
     rec.update(model(counts, n, heads, d, rank))
+    rows = max(1.0, sum(counts[ph]["rows"] for ph in counts))
+    rec["row_paths"] = {k: sum(counts[ph][k] for ph in counts) / rows for k in ("rows_list", "rows_zero", "rows_v1")}
     return rec
 
 
@@ -182,15 +184,20 @@ def format_row(rec) -> str:
     ph = rec["by_phase_warp_instr_per_pair"]
     return (f"{rec['algo_used']:8s} N={rec['n']:5d} B={rec['budget']:5d} {rec['inputs']:8s} "
             f"instr/pair={rec['warp_instr_per_pair']:.3f} (sel+scores {rec['selection_scores_warp_instr_per_pair']:.3f}: "
-            f"scores {ph.get('scores', 0):.3f} select {ph.get('select', 0):.3f} fallback {ph.get('fallback', 0):.3f}; "
+            f"scores {ph.get('scores', 0):.3f} select {ph.get('select', 0):.3f} fallback {ph.get('fallback', 0):.3f}"
+            + (f" [sample {ph['sample']:.3f} filter {ph['filter']:.3f} lists {ph['lists']:.3f} resolve {ph['resolve']:.3f}]"
+               if ph.get("sample", 0) + ph.get("filter", 0) > 0 else "") + "; "
             f"union {ph.get('union', 0):.3f} attend {ph.get('attend', 0):.3f}) "
             f"cyc/pair={rec['predicted_sm_cycles_per_pair'][0]:.3f}-{rec['predicted_sm_cycles_per_pair'][1]:.3f} "
-            f"[{rec['bound_pipe']}] vs FA2 {fa2[0]:.2f}-{fa2[1]:.2f}x vs FA3 {fa3[0]:.2f}-{fa3[1]:.2f}x")
+            f"[{rec['bound_pipe']}] vs FA2 {fa2[0]:.2f}-{fa2[1]:.2f}x vs FA3 {fa3[0]:.2f}-{fa3[1]:.2f}x"
+            + (f" | rows: list {rec['row_paths']['rows_list']:.3f} zero {rec['row_paths']['rows_zero']:.3f} "
+               f"v1 {rec['row_paths']['rows_v1']:.3f}" if rec["algo_used"] == "tiled2d" else ""))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algos", nargs="+", default=["tiled", "tiled2d"], help="kernels to count (emulator names)")
+    p.add_argument("--algos", nargs="+", default=["tiled", "auto"],
+                   help="kernels to count: tiled (v1), tiled2d (v2 only), auto (v2 where it applies, else v1)")
     p.add_argument("--ns", type=int, nargs="+", default=[197, 577, 1025, 4097])
     p.add_argument("--keep-rate", type=float, default=0.25)
     p.add_argument("--fixed-budget", type=int, default=49)
@@ -210,7 +217,11 @@ def main(argv=None) -> int:
     records = []
     for spec in case_list(args.ns, args.keep_rate, args.fixed_budget, args.inputs):
         for algo in args.algos:
-            rec = run_case(ek, spec, algo, args.heads, args.head_dim, args.rank, args.blocks)
+            try:
+                rec = run_case(ek, spec, algo, args.heads, args.head_dim, args.rank, args.blocks)
+            except RuntimeError as exc:  # e.g. the 2-D kernel's shared memory does not fit
+                print(f"{algo:8s} N={spec['n']:5d} B={spec['budget']:5d} {spec['inputs']:8s} skipped: {exc}", flush=True)
+                continue
             records.append(rec)
             print(format_row(rec), flush=True)
     if not args.no_save:

@@ -16,7 +16,7 @@ from trt_kernel_cases import ALGO_CODES, DATA_TYPE_CODES, Case
 
 EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
 # The emulator's spfemu::Phase and spfemu::Op, in order (checked against the library).
-PHASES = ("prep", "scores", "select", "union", "attend", "fallback")
+PHASES = ("prep", "scores", "select", "union", "attend", "fallback", "sample", "filter", "lists", "resolve")
 OPS = ("fma", "alu", "bit", "cvt", "mufu", "shfl", "vote", "lds", "sts", "smem_extra", "atoms", "atoms_extra",
        "ldsm", "mma", "ldg", "bar", "other", "g_bytes", "rows", "rows_list", "rows_zero", "rows_v1")
 H100_SMEM = 227 * 1024  # opt-in shared memory per block, bytes

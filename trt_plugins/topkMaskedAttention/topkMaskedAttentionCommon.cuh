@@ -233,6 +233,7 @@ SPF_HOST_DEVICE int64_t tiles2dPerHead(int32_t n, int32_t cls)
 struct Tile2dLayout
 {
     size_t rowTau;
+    size_t rowMax;
     size_t rowCount;
     size_t rowMode;
     size_t rowFlags;
@@ -257,7 +258,8 @@ SPF_HOST_DEVICE Tile2dLayout tile2dLayout(int32_t n, int32_t d, int32_t elemByte
     size_t const nw = static_cast<size_t>(numWords(n));
     Tile2dLayout l{};
     l.rowTau = 64; // [0, 64): counters of compactUnion and flags
-    l.rowCount = l.rowTau + kTILE_ROWS * 4;
+    l.rowMax = l.rowTau + kTILE_ROWS * 4;
+    l.rowCount = l.rowMax + kTILE_ROWS * 4;
     l.rowMode = l.rowCount + kTILE_ROWS * 4;
     l.rowFlags = l.rowMode + kTILE_ROWS * 4;
     l.mask = alignUp(l.rowFlags + kTILE_ROWS * 4, 16);

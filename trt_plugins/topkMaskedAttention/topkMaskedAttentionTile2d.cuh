@@ -14,9 +14,10 @@
  *
  * One block = an 8 x 8 square of patches of one (batch, head); warp w holds patch rows
  * 2w and 2w + 1 (16 rows, one m16 MMA row block). Per row, exactly:
- *  1. Sample: the scores of up to 256 keys on a lattice; tau = an order statistic of them,
- *     chosen so that about mu + 3 sigma sampled keys lie above it (mu: the expected
- *     number above the B-th score), found exactly by the list select of step 4.
+ *  1. Sample: the scores of up to 256 keys on a lattice; tau = the lower edge of the
+ *     1/512-octave bin (a 64-bin log histogram below the sample's maximum, then the next 6
+ *     bits of the boundary bin) that holds the sample's mu + 3 sigma + 2-th largest (mu:
+ *     the expected number of sampled keys above the B-th score).
  *  2. Filter (one pass over all keys, 128-key chunks): the accumulators start at -tau'
  *     (tau' a hair below tau; rows with non-negative coefficients and basis, where no
  *     cancellation can make the tensor core's sum inexact) or are compared with one FADD
@@ -26,9 +27,10 @@
  *     If tau <= 0 the filter keeps the positive scores (exact zeros are handled apart).
  *  3. Re-score: the union of the tile's candidate keys is scored again on tensor cores
  *     (gathered basis rows) and each row's candidates >= tau go to its list (score, key).
- *  4. Exact select on the list, per quad: radix over the 64-bit key (ordered score, ~key),
- *     6-bit digits, so the B-th by (score desc, key asc) is found exactly; the row's mask
- *     is rewritten from the list. Rows whose B-th score is 0 (fewer than B positives,
+ *  4. Exact select on the list, per quad: a 64-bin log histogram above tau finds the bin
+ *     of the B-th; the higher bins are taken, the boundary bin is compacted and ranked
+ *     exactly by (score desc, key asc) (pairwise when short, else a 6-bit radix on the
+ *     64-bit key (ordered score, ~key)); the row's mask is rewritten from the list. Rows whose B-th score is 0 (fewer than B positives,
  *     non-negative inputs) take their positives and the first zeros in key order.
  *  Rows where the threshold fails (fewer than B candidates, a list over `cap`), or
  *  signed rows needing zeros, take v1's path. Then attention as the v1 tiled kernel, over
@@ -88,17 +90,69 @@ struct ListBound
     uint64_t mask;
 };
 
+//! The bin holding the need-th largest entry of a quad's 64-bin histogram, bins scanned
+//! from the top (lane q of the quad owns bins [16 q, 16 q + 16)): `above` entries lie in
+//! higher bins, `inBin` in it. Warp-collective; quads with active false get zeros.
+SPF_DEVICE void quadBoundary(
+    uint32_t const* hist, uint32_t need, bool active, uint32_t& bin, uint32_t& above, uint32_t& inBin)
+{
+    int32_t const q = static_cast<int32_t>(laneId() & 3U);
+    uint32_t const quadBase = laneId() & ~3U;
+    uint32_t h[16];
+    uint32_t local = 0U;
+    SPF_UNROLL
+    for (int32_t i = 0; i < 16; ++i)
+    {
+        h[i] = active ? hist[16 * q + i] : 0U;
+        local += h[i];
+    }
+    SPF_COUNT(kLDS, 4); // 4 x LDS.128
+    SPF_COUNT(kSMEM_EXTRA, 12);
+    SPF_COUNT(kALU, 16);
+    uint32_t higher = 0U;
+    SPF_UNROLL
+    for (int32_t k = 0; k < 4; ++k)
+    {
+        uint32_t const other = __shfl_sync(kFULL_MASK, local, static_cast<int32_t>(quadBase) + k);
+        higher += k > q ? other : 0U;
+    }
+    bool const mine = active && higher < need && need <= higher + local;
+    uint32_t myBin = 0U;
+    uint32_t myAbove = 0U;
+    uint32_t myIn = 0U;
+    uint32_t acc = higher;
+    bool found = !mine;
+    SPF_UNROLL
+    for (int32_t i = 15; i >= 0; --i)
+    {
+        if (!found && acc + h[i] >= need)
+        {
+            myBin = static_cast<uint32_t>(16 * q + i);
+            myAbove = acc;
+            myIn = h[i];
+            found = true;
+        }
+        acc += h[i];
+    }
+    SPF_COUNT(kALU, 8 + 16 * 5);
+    uint32_t const owners = (__ballot_sync(kFULL_MASK, mine) >> quadBase) & 0xFU;
+    int32_t const owner = static_cast<int32_t>(quadBase) + (owners != 0U ? __ffs(static_cast<int>(owners)) - 1 : 0);
+    bin = __shfl_sync(kFULL_MASK, myBin, owner);
+    above = __shfl_sync(kFULL_MASK, myAbove, owner);
+    inBin = __shfl_sync(kFULL_MASK, myIn, owner);
+    SPF_COUNT(kALU, 6);
+}
+
 //! Exact need-th largest listKey among a row's `count` entries, per quad (each quad of a
 //! warp its own row and histogram `hist`, kT2_HIST_BINS words). Radix select with 6-bit
 //! digits from the highest bit where the entries differ; stops when the boundary digit
 //! holds exactly the entries still needed (keys are unique, so it always does).
 //! Warp-collective: every lane calls it; `active` false for quads with nothing to do.
-//! keys == nullptr: the entry's index is its key.
-SPF_DEVICE ListBound quadSelect(
+//! Meant for the short lists left by quadSelectList's first round.
+SPF_DEVICE ListBound quadRadix(
     float const* scores, uint16_t const* keys, int32_t count, int32_t need, bool active, uint32_t* hist)
 {
     int32_t const q = static_cast<int32_t>(laneId() & 3U);
-    uint32_t const quadBase = laneId() & ~3U;
     ListBound res{0ULL, 0ULL};
     // Bits shared by every entry (AND == OR there).
     uint64_t andAll = ~0ULL;
@@ -107,11 +161,11 @@ SPF_DEVICE ListBound quadSelect(
     {
         for (int32_t i = q; i < count; i += 4)
         {
-            uint64_t const k = listKey(scores[i], keys != nullptr ? keys[i] : static_cast<uint32_t>(i));
+            uint64_t const k = listKey(scores[i], keys[i]);
             andAll &= k;
             orAll |= k;
-            SPF_COUNT(kLDS, keys != nullptr ? 2 : 1);
-            SPF_COUNT(kALU, 12);
+            SPF_COUNT(kLDS, 2);
+            SPF_COUNT(kALU, 10);
         }
     }
     SPF_UNROLL
@@ -154,10 +208,10 @@ SPF_DEVICE ListBound quadSelect(
         {
             for (int32_t i = q; i < count; i += 4)
             {
-                uint64_t const k = listKey(scores[i], keys != nullptr ? keys[i] : static_cast<uint32_t>(i));
+                uint64_t const k = listKey(scores[i], keys[i]);
                 bool const inClass = (k & res.mask) == res.pref;
                 SPF_ATOMS_CONFLICT(&hist[(k >> lo) & digitMask], inClass);
-                SPF_COUNT(kLDS, keys != nullptr ? 2 : 1);
+                SPF_COUNT(kLDS, 2);
                 SPF_COUNT(kALU, 12); // ordered key, 64-bit mask test, digit
                 if (inClass)
                 {
@@ -166,55 +220,10 @@ SPF_DEVICE ListBound quadSelect(
             }
         }
         __syncwarp();
-        // Lane q owns bins [16 q, 16 q + 16); the boundary is searched from the top bin.
-        uint32_t h[16];
-        uint32_t local = 0U;
-        SPF_UNROLL
-        for (int32_t i = 0; i < 16; ++i)
-        {
-            h[i] = done ? 0U : hist[16 * q + i];
-            local += h[i];
-        }
-        SPF_COUNT(kLDS, 4);
-        SPF_COUNT(kSMEM_EXTRA, 12);
-        SPF_COUNT(kALU, 16);
-        uint32_t sums[4];
-        SPF_UNROLL
-        for (int32_t k = 0; k < 4; ++k)
-        {
-            sums[k] = __shfl_sync(kFULL_MASK, local, static_cast<int32_t>(quadBase) + k);
-        }
-        uint32_t above = 0U;
-        SPF_UNROLL
-        for (int32_t k = 0; k < 4; ++k)
-        {
-            above += k > q ? sums[k] : 0U;
-        }
-        bool const mine = !done && above < remaining && remaining <= above + local;
-        uint32_t digit = 0U;
-        uint32_t aboveDigit = 0U;
-        uint32_t inDigit = 0U;
-        uint32_t acc = above;
-        bool found = !mine;
-        SPF_UNROLL
-        for (int32_t i = 15; i >= 0; --i)
-        {
-            if (!found && acc + h[i] >= remaining)
-            {
-                digit = static_cast<uint32_t>(16 * q + i);
-                aboveDigit = acc;
-                inDigit = h[i];
-                found = true;
-            }
-            acc += h[i];
-        }
-        SPF_COUNT(kALU, 8 + 16 * 5);
-        uint32_t const owners = __ballot_sync(kFULL_MASK, mine);
-        uint32_t const quadOwners = (owners >> quadBase) & 0xFU;
-        int32_t const owner = static_cast<int32_t>(quadBase) + (quadOwners != 0U ? __ffs(static_cast<int>(quadOwners)) - 1 : 0);
-        digit = __shfl_sync(kFULL_MASK, digit, owner);
-        aboveDigit = __shfl_sync(kFULL_MASK, aboveDigit, owner);
-        inDigit = __shfl_sync(kFULL_MASK, inDigit, owner);
+        uint32_t digit;
+        uint32_t aboveDigit;
+        uint32_t inDigit;
+        quadBoundary(hist, remaining, !done, digit, aboveDigit, inDigit);
         if (!done)
         {
             remaining -= aboveDigit;
@@ -223,10 +232,207 @@ SPF_DEVICE ListBound quadSelect(
             done = inDigit == remaining || lo == 0;
             top = lo - 1;
         }
-        SPF_COUNT(kALU, 14);
+        SPF_COUNT(kALU, 10);
         SPF_COUNT(kOTHER, 4);
+        __syncwarp();
     }
     return res;
+}
+
+//! Log-scale bin of a score: 2^(23 - shift) bins per octave (the float's exponent and top
+//! mantissa bits) from `baseBin` (= float bits >> shift of the lowest value of interest)
+//! up, clamped to [0, 63]; scores <= 0 in bin 0. Monotone non-decreasing in the score, so
+//! a higher bin only holds larger scores.
+SPF_DEVICE uint32_t logBin(float t, int32_t shift, int32_t baseBin)
+{
+    int32_t const b = t > 0.F ? static_cast<int32_t>(__float_as_uint(t) >> shift) - baseBin : 0;
+    return static_cast<uint32_t>(b < 0 ? 0 : (b > kT2_HIST_BINS - 1 ? kT2_HIST_BINS - 1 : b));
+}
+
+constexpr int32_t kSAMPLE_BIN_SHIFT{20}; //!< 8 bins per octave: 8 octaves below the sample max
+constexpr int32_t kLIST_BIN_SHIFT{18};   //!< 32 bins per octave: 2 octaves above tau
+constexpr int32_t kRANK_MAX{16};         //!< boundary bins up to this size: pairwise ranks
+
+//! Exact ranks within a short list (count <= kRANK_MAX), per quad: entry i is taken when
+//! fewer than `need` entries have a larger listKey. Not collective.
+SPF_DEVICE void quadRank(float const* scores, uint16_t const* keys, int32_t count, uint32_t need, bool active,
+    float& minTaken, uint32_t* maskRow)
+{
+    int32_t const q = static_cast<int32_t>(laneId() & 3U);
+    if (!active)
+    {
+        return;
+    }
+    for (int32_t i = q; i < count; i += 4)
+    {
+        uint64_t const mine = listKey(scores[i], keys[i]);
+        uint32_t rank = 0U;
+        for (int32_t j = 0; j < count; ++j)
+        {
+            rank += listKey(scores[j], keys[j]) > mine ? 1U : 0U;
+            SPF_COUNT(kLDS, 1); // LDS.64-free: score and key of entry j (broadcast)
+            SPF_COUNT(kALU, 8);
+        }
+        if (rank < need)
+        {
+            minTaken = fminf(minTaken, scores[i]);
+            if (maskRow != nullptr)
+            {
+                atomicOr(&maskRow[keys[i] >> 5], 1U << (keys[i] & 31U));
+            }
+        }
+        SPF_COUNT(kLDS, 2);
+        SPF_COUNT(kALU, 14);
+    }
+}
+
+//! Result of quadSelectList: entries in bins above `bin` are taken; within `bin` the
+//! compacted entries (the list's first `inBin`) with listKey >= bound (all when whole).
+struct ListSelection
+{
+    uint32_t bin;
+    uint32_t inBin;
+    bool whole;
+    ListBound bound;
+    float minTaken; //!< the need-th largest score itself (the smallest taken)
+};
+
+//! Exact need-th largest (score desc, key asc) of a row's list, per quad, in two passes
+//! over the list plus a radix on the boundary bin only: (1) a 64-bin log histogram
+//! relative to baseBin; (2) entries above the boundary bin are taken (their bits set in
+//! maskRow, if given, which the caller has zeroed), the boundary bin's entries are moved
+//! to the front of the list in place (keys: the entry's index when indexKeys); (3) radix
+//! on those. Warp-collective, like quadRadix; destroys the list's order.
+SPF_DEVICE ListSelection quadSelectList(float* scores, uint16_t* keys, int32_t count, int32_t need, bool active,
+    uint32_t* hist, int32_t shift, int32_t baseBin, bool indexKeys, uint32_t* maskRow, bool histogramOnly)
+{
+    int32_t const q = static_cast<int32_t>(laneId() & 3U);
+    uint32_t const quadBase = laneId() & ~3U;
+    ListSelection sel{};
+    if (active)
+    {
+        for (int32_t b = q; b < kT2_HIST_BINS; b += 4)
+        {
+            hist[b] = 0U;
+        }
+        SPF_COUNT(kSTS, 4);
+        SPF_COUNT(kSMEM_EXTRA, 12);
+    }
+    __syncwarp();
+    if (active)
+    {
+        for (int32_t i = q; i < count; i += 4)
+        {
+            uint32_t const b = logBin(scores[i], shift, baseBin);
+            SPF_ATOMS_CONFLICT(&hist[b], true);
+            atomicAdd(&hist[b], 1U);
+            SPF_COUNT(kLDS, 1);
+            SPF_COUNT(kALU, 6); // FSETP, SHF, IADD, 2 IMNMX, loop
+        }
+    }
+    __syncwarp();
+    uint32_t above;
+    quadBoundary(hist, static_cast<uint32_t>(need), active, sel.bin, above, sel.inBin);
+    uint32_t const remaining = static_cast<uint32_t>(need) - above;
+    sel.whole = sel.inBin == remaining;
+    if (histogramOnly)
+    {
+        // The caller needs a threshold only: refine the boundary bin with the next 6 bits
+        // (a second histogram over its members), then stop. sel.inBin: the fine bin.
+        bool const fine = active && sel.bin > 0U && !sel.whole;
+        if (fine)
+        {
+            for (int32_t b = q; b < kT2_HIST_BINS; b += 4)
+            {
+                hist[b] = 0U;
+            }
+            SPF_COUNT(kSTS, 4);
+            SPF_COUNT(kSMEM_EXTRA, 12);
+        }
+        __syncwarp();
+        if (fine)
+        {
+            for (int32_t i = q; i < count; i += 4)
+            {
+                float const t = scores[i];
+                if (logBin(t, shift, baseBin) == sel.bin)
+                {
+                    atomicAdd(&hist[(__float_as_uint(t) >> (shift - 6)) & 63U], 1U);
+                }
+                SPF_COUNT(kLDS, 1);
+                SPF_COUNT(kALU, 8);
+            }
+        }
+        __syncwarp();
+        uint32_t fineBin;
+        uint32_t fineAbove;
+        uint32_t fineIn;
+        quadBoundary(hist, remaining, fine, fineBin, fineAbove, fineIn);
+        sel.inBin = fine ? fineBin : 0U;
+        return sel;
+    }
+    // Pass 2: take the higher bins, compact the boundary bin to the front (in place: an
+    // entry only moves to a lower index, after every lane of the quad has read its own).
+    int32_t const rounds = active ? (count + 3) / 4 : 0;
+    int32_t const maxRounds = static_cast<int32_t>(__reduce_max_sync(kFULL_MASK, static_cast<uint32_t>(rounds)));
+    uint32_t written = 0U;
+    for (int32_t it = 0; it < maxRounds; ++it)
+    {
+        int32_t const i = 4 * it + q;
+        bool const valid = it < rounds && i < count;
+        float const t = valid ? scores[i] : 0.F;
+        uint32_t const key = valid ? (indexKeys ? static_cast<uint32_t>(i) : keys[i]) : 0U;
+        uint32_t const b = logBin(t, shift, baseBin);
+        bool const member = valid && b == sel.bin;
+        bool const take = valid && b > sel.bin;
+        uint32_t const members = (__ballot_sync(kFULL_MASK, member) >> quadBase) & 0xFU;
+        if (take && maskRow != nullptr)
+        {
+            atomicOr(&maskRow[key >> 5], 1U << (key & 31U));
+        }
+        uint32_t const pos = written + static_cast<uint32_t>(__popc(members & ((1U << q) - 1U)));
+        written += static_cast<uint32_t>(__popc(members));
+        SPF_COUNT(kLDS, indexKeys ? 1 : 2);
+        SPF_COUNT(kALU, 16);
+        __syncwarp();
+        if (member)
+        {
+            scores[pos] = t;
+            keys[pos] = static_cast<uint16_t>(key);
+        }
+        SPF_COUNT(kSTS, member ? 2 : 0);
+        __syncwarp();
+    }
+    // Pass 3: the boundary bin alone: pairwise ranks when it is short, else a radix.
+    bool const refine = active && !sel.whole;
+    bool const small = sel.inBin <= static_cast<uint32_t>(kRANK_MAX);
+    float minTaken = __builtin_huge_valf();
+    quadRank(scores, keys, static_cast<int32_t>(sel.inBin), remaining, refine && small, minTaken, maskRow);
+    sel.bound = quadRadix(
+        scores, keys, static_cast<int32_t>(sel.inBin), static_cast<int32_t>(remaining), refine && !small, hist);
+    if (active && !(refine && small))
+    {
+        for (int32_t i = q; i < static_cast<int32_t>(sel.inBin); i += 4)
+        {
+            float const t = scores[i];
+            uint32_t const key = keys[i];
+            if (sel.whole || (listKey(t, key) & sel.bound.mask) >= sel.bound.pref)
+            {
+                minTaken = fminf(minTaken, t);
+                if (maskRow != nullptr)
+                {
+                    atomicOr(&maskRow[key >> 5], 1U << (key & 31U));
+                }
+            }
+            SPF_COUNT(kLDS, 2);
+            SPF_COUNT(kALU, 14);
+        }
+    }
+    minTaken = fminf(minTaken, __shfl_xor_sync(kFULL_MASK, minTaken, 1));
+    minTaken = fminf(minTaken, __shfl_xor_sync(kFULL_MASK, minTaken, 2));
+    sel.minTaken = minTaken;
+    SPF_COUNT(kALU, 2);
+    return sel;
 }
 
 //! Keep the `count` lowest set bits of x.
@@ -365,6 +571,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
     Tile2dLayout const layout = tile2dLayout(n, kHEAD_DIM, static_cast<int32_t>(sizeof(T)), p.rank, cap);
     int32_t* sMisc = reinterpret_cast<int32_t*>(smem);
     float* sTau = reinterpret_cast<float*>(smem + layout.rowTau);
+    float* sMax = reinterpret_cast<float*>(smem + layout.rowMax);
     uint32_t* sCount = reinterpret_cast<uint32_t*>(smem + layout.rowCount);
     uint32_t* sMode = reinterpret_cast<uint32_t*>(smem + layout.rowMode);
     uint32_t* sFlags = reinterpret_cast<uint32_t*>(smem + layout.rowFlags);
@@ -493,7 +700,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         float acc[16][4];
         scoreChunk(acc, a, sChunk + half * kT2_CHUNK * stride, stride, nKT, 0.F, 0.F,
             [](int32_t nt, int32_t c) { return nt * 8 + c; });
-        SPF_PHASE(kSELECT);
+        SPF_PHASE(kSAMPLE);
         SPF_UNROLL
         for (int32_t nt = 0; nt < 16; ++nt)
         {
@@ -512,7 +719,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         }
         SPF_PHASE(kSCORES);
     }
-    SPF_PHASE(kSELECT);
+    SPF_PHASE(kSAMPLE);
     __syncthreads(); // the chunk buffers become the quads' histograms
     uint32_t* sHist = reinterpret_cast<uint32_t*>(sChunk) + (warp * 8 + group) * kT2_HIST_STRIDE;
     float tauRow[2];
@@ -521,12 +728,34 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
     {
         int32_t const slot = h == 0 ? slotG : slotH;
         bool const tc = sMode[slot] == kMODE_TC;
-        ListBound const bound = quadSelect(sListT + slot * cap, nullptr, sampled, sampleRank, tc, sHist);
-        // The smallest score of the boundary class: the prefix with its free bits cleared.
-        uint32_t const hi = static_cast<uint32_t>(bound.pref >> 32) & static_cast<uint32_t>(bound.mask >> 32);
-        uint32_t const bits = (hi & 0x80000000U) ? (hi & 0x7FFFFFFFU) : ~hi;
-        // (mask 0 would mean "take all": tau -inf, i.e. the positives.)
-        tauRow[h] = !tc ? __builtin_huge_valf() : (bound.mask == 0ULL ? kNEG_INF : __uint_as_float(bits));
+        float mx = kNEG_INF;
+        if (tc)
+        {
+            for (int32_t i = quad; i < sampled; i += 4)
+            {
+                mx = fmaxf(mx, sListT[slot * cap + i]);
+                SPF_COUNT(kLDS, 1);
+                SPF_COUNT(kALU, 2);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(kFULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(kFULL_MASK, mx, 2));
+        // 64 bins of 1/8 octave up to the sample's maximum; the boundary in bin 0 (below
+        // max / 2^8, zero or negative) means the zero regime.
+        int32_t const baseBin = static_cast<int32_t>(__float_as_uint(mx) >> kSAMPLE_BIN_SHIFT) - (kT2_HIST_BINS - 1);
+        bool const positive = tc && mx > 0.F;
+        ListSelection const sel = quadSelectList(sListT + slot * cap, sListK + slot * cap, sampled, sampleRank,
+            positive, sHist, kSAMPLE_BIN_SHIFT, baseBin, true, nullptr, true);
+        if (quad == 0 && tc)
+        {
+            sMax[slot] = mx;
+        }
+        // tau: the lower edge of the 1/512-octave bin holding the sample's rank-th largest
+        // (at least `rank` sampled keys lie at or above it); bin 0 means the zero regime.
+        float const edge = __uint_as_float(
+            (static_cast<uint32_t>(baseBin + static_cast<int32_t>(sel.bin)) << kSAMPLE_BIN_SHIFT)
+            | (sel.inBin << (kSAMPLE_BIN_SHIFT - 6)));
+        tauRow[h] = !tc ? __builtin_huge_valf() : (positive && sel.bin > 0U ? edge : 0.F);
         SPF_COUNT(kALU, 8);
     }
     // tau <= 0: the filter keeps the positive scores (t >= 2^-10 on the grid).
@@ -568,7 +797,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         __syncthreads();
         float acc[16][4];
         scoreChunk(acc, a, buf, stride, nKT, initG, initH, [](int32_t nt, int32_t c) { return permutedKey(nt, c); });
-        SPF_PHASE(kSELECT);
+        SPF_PHASE(kFILTER);
         if (!warpNonneg)
         {
             SPF_UNROLL
@@ -611,7 +840,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         SPF_PHASE(kSCORES);
         __syncthreads(); // the buffer is refilled by the next iteration's load
     }
-    SPF_PHASE(kSELECT);
+    SPF_PHASE(kFILTER);
     countG += __shfl_xor_sync(kFULL_MASK, countG, 1);
     countG += __shfl_xor_sync(kFULL_MASK, countG, 2);
     countH += __shfl_xor_sync(kFULL_MASK, countH, 1);
@@ -654,7 +883,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
     __syncthreads();
 
     // ------------------------------------------------ 3. re-score the candidates' union
-    SPF_PHASE(kUNION);
+    SPF_PHASE(kLISTS);
     int32_t const unionKeys = tileUnion(sMask, sMode, nWords, sUnion, sKeys, sMisc, [](uint32_t m) { return m == kMODE_LIST; });
     SPF_PHASE(kSCORES);
     int32_t const unionChunks = static_cast<int32_t>(ceilDiv(unionKeys, kT2_CHUNK));
@@ -684,7 +913,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
             __syncthreads();
             float acc[16][4];
             scoreChunk(acc, a, buf, stride, nKT, 0.F, 0.F, [](int32_t nt, int32_t c) { return nt * 8 + c; });
-            SPF_PHASE(kSELECT);
+            SPF_PHASE(kLISTS);
             SPF_UNROLL
             for (int32_t nt = 0; nt < 16; ++nt)
             {
@@ -725,7 +954,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
             __syncthreads();
         }
     }
-    SPF_PHASE(kSELECT);
+    SPF_PHASE(kRESOLVE);
     __syncthreads(); // lists complete; chunk buffers become histograms again
 
     // ------------------------------------------------ 4. exact select on the lists, masks
@@ -742,8 +971,6 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         uint32_t* maskRow = sMask + slot * nWords;
         bool const list = mode == kMODE_LIST;
         int32_t const count = list ? static_cast<int32_t>(listed) : 0;
-        ListBound const bound
-            = quadSelect(sListT + slot * cap, sListK + slot * cap, count, budget, list, sHist);
         if (list)
         {
             for (int32_t w = quad; w < nWords; w += 4)
@@ -754,19 +981,17 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
             }
         }
         __syncwarp();
-        if (list)
-        {
-            for (int32_t i = quad; i < count; i += 4)
-            {
-                uint32_t const key = sListK[slot * cap + i];
-                if ((listKey(sListT[slot * cap + i], key) & bound.mask) >= bound.pref)
-                {
-                    atomicOr(&maskRow[key >> 5], 1U << (key & 31U));
-                }
-                SPF_COUNT(kLDS, 2);
-                SPF_COUNT(kALU, 14);
-            }
-        }
+        // Every list entry is >= the row's tau > 0: 1/32-octave bins from tau up; lists of
+        // all the positives (tau = 2^-11) use the sample's scale instead, 8 octaves below
+        // its maximum.
+        float const tau = sTau[slot];
+        bool const positives = tau == kPOSITIVE_CUT;
+        int32_t const shift = positives ? kSAMPLE_BIN_SHIFT : kLIST_BIN_SHIFT;
+        int32_t const baseBin = positives
+            ? static_cast<int32_t>(__float_as_uint(sMax[slot]) >> kSAMPLE_BIN_SHIFT) - (kT2_HIST_BINS - 1)
+            : static_cast<int32_t>(__float_as_uint(tau) >> kLIST_BIN_SHIFT);
+        (void) quadSelectList(sListT + slot * cap, sListK + slot * cap, count, budget, list, sHist, shift, baseBin,
+            false, maskRow, false);
         // Zero fill: the positives are in the mask; add the first (budget - positives) zeros
         // in key order. Each lane of the quad takes a quarter of the words, in order.
         bool const fill = mode == kMODE_ZEROFILL;

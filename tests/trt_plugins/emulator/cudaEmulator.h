@@ -96,6 +96,10 @@ enum class Phase : int32_t
     kUNION,     //!< key unions, lists and masks between selection and attention
     kATTEND,    //!< attention (logits, softmax, PV, output)
     kFALLBACK,  //!< exact per-row fallback paths inside v2 (v1 code)
+    kSAMPLE,    //!< v2: the threshold from the sample (exact select on it)
+    kFILTER,    //!< v2: sign bits into candidate words, counts, verdicts
+    kLISTS,     //!< v2: candidate lists from the re-scored union
+    kRESOLVE,   //!< v2: exact select on the lists, masks, zero fill
     kCOUNT,
 };
 constexpr int32_t kNUM_PHASES{static_cast<int32_t>(Phase::kCOUNT)};
@@ -657,6 +661,15 @@ inline T __shfl_up_sync(unsigned mask, T value, unsigned delta, int /*width*/ = 
 inline int __any_sync(unsigned mask, int predicate)
 {
     return __ballot_sync(mask, predicate) != 0U;
+}
+
+inline unsigned __reduce_max_sync(unsigned mask, unsigned value)
+{
+    spfemu::checkFullMask(mask);
+    spfemu::count(spfemu::Op::kVOTE, 1); // REDUX
+    unsigned all[32];
+    spfemu::warpGather(value, all);
+    return *std::max_element(all, all + 32);
 }
 
 inline int __all_sync(unsigned mask, int predicate)
