@@ -190,13 +190,14 @@ def test_auto_picks_tile2d_where_it_applies(emulator, bench):
     assert emulator.run(near_dense, "auto", block_stride=50)[1] == "tiled"
 
 
-def test_large_n_fits_a100_and_h100(emulator, bench):
-    """N = 4097 (64 x 64 patches), B = 49 plans on both; a sample of tiles matches."""
+def test_large_n(emulator, bench):
+    """N = 4097 (64 x 64 patches), B = 49: a sample of tiles matches on H100's shared memory;
+    on A100's (163 KB) the 2-D kernel does not fit and auto takes v1's tiled kernel."""
     case = bench_case(bench, 4097, 49, "coherent", heads=1)
     counts = check_masks(emulator, case, block_stride=11)
     m = modes(counts)
     assert m["rows_v1"] <= 0.03 * m["rows"], m  # a missed threshold costs speed, not exactness
-    assert emulator.run(case, "tiled2d", max_smem=A100_SMEM, block_stride=64)[1] == "tiled2d"
+    assert emulator.run(case, "auto", max_smem=A100_SMEM, block_stride=64)[1] == "tiled"
 
 
 def test_n1025_keep_quarter_sampled(emulator, bench):

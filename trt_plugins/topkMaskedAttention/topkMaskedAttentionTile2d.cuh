@@ -845,6 +845,28 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
     countG += __shfl_xor_sync(kFULL_MASK, countG, 2);
     countH += __shfl_xor_sync(kFULL_MASK, countH, 1);
     countH += __shfl_xor_sync(kFULL_MASK, countH, 2);
+    // Rows whose candidates overflow the list (spatially clustered scores) get a higher
+    // threshold from the same sample, at a rank scaled to fill 3/4 of the list; keys above
+    // it are a subset of the candidates, so the union re-score below still sees them all.
+    float tauFinal[2] = {tauG, tauH};
+    SPF_UNROLL
+    for (int32_t h = 0; h < 2; ++h)
+    {
+        int32_t const slot = h == 0 ? slotG : slotH;
+        uint32_t const count = h == 0 ? countG : countH;
+        bool const zero = h == 0 ? zeroG : zeroH;
+        bool const over = sMode[slot] == kMODE_TC && !zero && count > static_cast<uint32_t>(cap);
+        int32_t const rank2 = over ? maxInt(1, static_cast<int32_t>(static_cast<int64_t>(sampleRank) * (3 * cap / 4) / count)) : 1;
+        int32_t const baseBin = static_cast<int32_t>(__float_as_uint(sMax[slot]) >> kSAMPLE_BIN_SHIFT) - (kT2_HIST_BINS - 1);
+        ListSelection const sel = quadSelectList(sListT + slot * cap, sListK + slot * cap, sampled, rank2, over, sHist,
+            kSAMPLE_BIN_SHIFT, baseBin, true, nullptr, true);
+        if (over && sel.bin > 0U)
+        {
+            tauFinal[h] = __uint_as_float((static_cast<uint32_t>(baseBin + static_cast<int32_t>(sel.bin)) << kSAMPLE_BIN_SHIFT)
+                | (sel.inBin << (kSAMPLE_BIN_SHIFT - 6)));
+        }
+        SPF_COUNT(kALU, 10);
+    }
     // Verdict per row (the quad's lane 0 writes).
     SPF_UNROLL
     for (int32_t h = 0; h < 2; ++h)
@@ -853,11 +875,12 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         uint32_t const count = h == 0 ? countG : countH;
         bool const zero = h == 0 ? zeroG : zeroH;
         bool const nonneg = h == 0 ? nonnegG : nonnegH;
+        bool const raised = tauFinal[h] != (h == 0 ? tauG : tauH);
         uint32_t mode = sMode[slot];
         if (mode == kMODE_TC)
         {
             bool const enough = count >= static_cast<uint32_t>(budget);
-            bool const fits = count <= static_cast<uint32_t>(cap);
+            bool const fits = count <= static_cast<uint32_t>(cap) || raised; // the list pass checks raised rows
             if (!zero)
             {
                 mode = enough && fits ? kMODE_LIST : kMODE_FALLBACK;
@@ -874,7 +897,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS_MIN(kTILE_THREADS, 1)
         if (quad == 0)
         {
             sMode[slot] = mode;
-            sTau[slot] = h == 0 ? tauG : tauH;
+            sTau[slot] = tauFinal[h];
             sCount[slot] = mode == kMODE_ZEROFILL ? count : 0U;
         }
         SPF_COUNT(kALU, 12);
