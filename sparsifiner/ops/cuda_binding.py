@@ -21,10 +21,10 @@ import threading
 from pathlib import Path
 
 from sparsifiner.errors import SparsifinerError
+from sparsifiner.ops.native_build import plugin_source_dir
 
 EXTENSION_NAME = "sparsifiner_topk_attention"
 ALGORITHMS = {"auto": 0, "tiled": 1, "rowwise": 2}
-PLUGIN_DIR_NAME = "topkMaskedAttention"
 SOURCES = (
     "topkMaskedAttentionTorch.cpp",
     "topkMaskedAttentionKernel.cu",
@@ -35,16 +35,6 @@ CACHE_ENV = "SPARSIFINER_KERNEL_CACHE"
 
 _module = None
 _lock = threading.Lock()
-
-
-def plugin_source_dir() -> Path:
-    """The folder holding the kernel sources (repository checkout or installed package)."""
-    spec = importlib.util.find_spec("sparsifiner.trt_plugins")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if (Path(location) / PLUGIN_DIR_NAME).is_dir():
-                return Path(location) / PLUGIN_DIR_NAME
-    return Path(__file__).resolve().parents[2] / "trt_plugins" / PLUGIN_DIR_NAME
 
 
 def cuda_toolkit_home() -> Path | None:

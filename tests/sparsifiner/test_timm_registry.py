@@ -40,6 +40,16 @@ def test_list_models_after_import_sparsifiner_in_either_order(first):
     assert lines[2] == "[]"  # no published Sparsifiner weights
 
 
+@pytest.mark.parametrize("module", ["sparsifiner.layers", "sparsifiner.layers.predictor", "sparsifiner.ops",
+                                    "sparsifiner.model"])
+def test_registration_when_a_submodule_imports_timm_first(module):
+    """timm first imported from inside a half-initialised sparsifiner module: the hook's
+    registration still succeeds (no circular import), with no warning."""
+    code = (f"import warnings\nwarnings.simplefilter('error')\nimport {module}\nimport timm\n"
+            "print(timm.is_model('sparsifiner_deit_small_patch16_224'))")
+    assert run_python(code) == "True"
+
+
 @pytest.mark.slow
 def test_every_registered_base_is_supported():
     for base in BASE_MODELS:

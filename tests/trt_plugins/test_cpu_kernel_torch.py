@@ -97,10 +97,9 @@ def test_bad_input_raises_a_one_line_error(binding):
         kernel(q, k, v, coef, basis, 4, float("inf"), 1)
 
 
-def test_model_forward_uses_the_kernel_and_matches_the_reference(binding, monkeypatch):
+def test_model_forward_uses_the_kernel_and_matches_the_reference(binding):
     """A sparse model in eval mode runs the native kernel; its logits equal the reference's."""
     import sparsifiner
-    import sparsifiner.layers.sparse_attention as layer_module
     from sparsifiner import SparsifinerSettings
 
     model = sparsifiner.create_sparsifiner("vit_tiny_patch16_224", SparsifinerSettings(keep_rate=0.25), img_size=32,
@@ -109,9 +108,10 @@ def test_model_forward_uses_the_kernel_and_matches_the_reference(binding, monkey
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fast = model(x)
     assert sum(e.name == f"{cpu_binding.LIBRARY_NAMESPACE}::forward" for e in prof.events()) == 2  # one per block
-    monkeypatch.setattr(layer_module, "topk_masked_attention", topk_masked_attention_reference)
-    with torch.no_grad():
+    with torch.no_grad(), cpu_binding.reference_cpu_op(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         slow = model(x)
+    assert not any(e.name == f"{cpu_binding.LIBRARY_NAMESPACE}::forward" for e in prof.events())
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
 
 

@@ -14,9 +14,9 @@ OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor", "tes
 
 @pytest.fixture(scope="module", autouse=True)
 def ext():
-    from sparsifiner.ops.kernel import load_kernel
+    from sparsifiner.ops.cuda_binding import load_cuda_binding
 
-    return load_kernel()
+    return load_cuda_binding()
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from sparsifiner.ops.reference import topk_masked_attention_reference
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # sparsifiner.plugin::DataType values
 DATA_TYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 7}
-ALGO_CODES = {"auto": 0, "tiled": 1, "rowwise": 2}
+ALGO_CODES = {"auto": 0, "tiled": 1, "rowwise": 2, "tiled2d": 3}
 
 
 @dataclass

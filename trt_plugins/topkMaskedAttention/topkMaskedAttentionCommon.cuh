@@ -22,15 +22,27 @@
 #define SPF_HOST_DEVICE inline
 #define SPF_GLOBAL
 #define SPF_LAUNCH_BOUNDS(n)
+#define SPF_LAUNCH_BOUNDS_MIN(n, blocks)
 #define SPF_UNROLL
 #define SPF_DYNAMIC_SMEM(name) uint8_t* name = ::spfemu::dynamicSmem()
+// Cost-model annotations (tests/trt_plugins/emulator): warp-instruction counts by class
+// for the instructions the emulator cannot see (arithmetic, shared loads and stores,
+// global loads), the kernel phase they belong to, and shared atomics whose bank
+// conflicts are to be measured. Nothing of this reaches the GPU build.
+#define SPF_COUNT(op, n) ::spfemu::count(::spfemu::Op::op, static_cast<double>(n))
+#define SPF_PHASE(phase) ::spfemu::setPhase(::spfemu::Phase::phase)
+#define SPF_ATOMS_CONFLICT(address, active) ::spfemu::recordAtomic(__LINE__, (address), (active))
 #else
 #define SPF_DEVICE __device__ __forceinline__
 #define SPF_HOST_DEVICE __host__ __device__ inline
 #define SPF_GLOBAL __global__
 #define SPF_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define SPF_LAUNCH_BOUNDS_MIN(n, blocks) __launch_bounds__(n, blocks)
 #define SPF_UNROLL _Pragma("unroll")
 #define SPF_DYNAMIC_SMEM(name) extern __shared__ __align__(128) uint8_t name[]
+#define SPF_COUNT(op, n) ((void) 0)
+#define SPF_PHASE(phase) ((void) 0)
+#define SPF_ATOMS_CONFLICT(address, active) ((void) 0)
 #endif
 
 namespace sparsifiner
@@ -151,6 +163,11 @@ SPF_HOST_DEVICE int32_t minInt(int32_t a, int32_t b)
     return a < b ? a : b;
 }
 
+SPF_HOST_DEVICE int32_t maxInt(int32_t a, int32_t b)
+{
+    return a > b ? a : b;
+}
+
 SPF_HOST_DEVICE int64_t ceilDiv(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;
@@ -161,6 +178,149 @@ SPF_HOST_DEVICE int64_t ceilDiv(int64_t a, int64_t b)
 SPF_HOST_DEVICE int64_t tilesPerHead(int32_t n, int32_t cls)
 {
     return ceilDiv(cls, kTILE_ROWS) + ceilDiv(n - cls, kTILE_ROWS);
+}
+
+// ---------------------------------------------------------------- 2-D tile kernel (v2)
+// One block = an 8 x 8 square of patches of one (batch, head) (the rows after the CLS rows
+// form a side x side grid), 4 warps of 16 rows (2 patch rows each). Scores on tensor cores
+// in 128-key chunks; the basis is packed key-major in fp16 by the prep kernels.
+constexpr int32_t kT2_TILE_SIDE{8};
+constexpr int32_t kT2_CHUNK{128};        //!< keys per filter / re-score chunk (16 n8 tiles)
+constexpr int32_t kT2_SAMPLE_KEYS{256};  //!< at most this many sampled keys per row
+constexpr int32_t kT2_MAX_RANK{64};      //!< R <= 64 (4 k-steps of 16)
+constexpr int32_t kT2_HIST_BINS{64};     //!< 6-bit digits of the exact list select
+constexpr int32_t kT2_HIST_STRIDE{68};   //!< words per quad histogram (spreads the banks)
+constexpr int32_t kT2_STAT_THREADS{256}; //!< prep kernels: keys per block
+
+//! side of the patch grid when the N - cls non-CLS rows form a square, else 0.
+SPF_HOST_DEVICE int32_t gridSide(int32_t n, int32_t cls)
+{
+    int32_t const m = n - cls;
+    int32_t side = 0;
+    while ((side + 1) * (side + 1) <= m)
+    {
+        ++side;
+    }
+    return side * side == m && m > 0 ? side : 0;
+}
+
+SPF_HOST_DEVICE int32_t paddedRank(int32_t rank)
+{
+    return (rank + 15) / 16 * 16;
+}
+
+SPF_HOST_DEVICE int32_t paddedKeys(int32_t n)
+{
+    return (n + kT2_CHUNK - 1) / kT2_CHUNK * kT2_CHUNK;
+}
+
+SPF_HOST_DEVICE int32_t tiles2dPerSide(int32_t side)
+{
+    return (side + kT2_TILE_SIDE - 1) / kT2_TILE_SIDE;
+}
+
+//! Blocks per (batch, head): dense CLS tiles first, then the 2-D tiles in raster order.
+SPF_HOST_DEVICE int64_t tiles2dPerHead(int32_t n, int32_t cls)
+{
+    int64_t const t = tiles2dPerSide(gridSide(n, cls));
+    return (cls + kTILE_ROWS - 1) / kTILE_ROWS + t * t;
+}
+
+//! Byte offsets of the 2-D tile kernel's dynamic shared memory. Per-row state, the 64 row
+//! masks, the union (words, key list), the coefficients (fp16, rows padded), then a scratch
+//! area: selection (2 basis chunk buffers, per-row candidate lists of `cap` (score, key))
+//! aliased with attention (Q tile, K and V chunks).
+struct Tile2dLayout
+{
+    size_t rowTau;
+    size_t rowMax;
+    size_t rowCount;
+    size_t rowMode;
+    size_t rowFlags;
+    size_t mask;
+    size_t unionWords;
+    size_t keys;
+    size_t coef;
+    size_t scratch;
+    size_t chunks;
+    size_t listT;
+    size_t listK;
+    size_t total;
+};
+
+SPF_HOST_DEVICE size_t tile2dChunkBytes(int32_t rank)
+{
+    return static_cast<size_t>(kT2_CHUNK) * (paddedRank(rank) + kSMEM_PAD) * 2;
+}
+
+SPF_HOST_DEVICE Tile2dLayout tile2dLayout(int32_t n, int32_t d, int32_t elemBytes, int32_t rank, int32_t cap)
+{
+    size_t const nw = static_cast<size_t>(numWords(n));
+    Tile2dLayout l{};
+    l.rowTau = 64; // [0, 64): counters of compactUnion and flags
+    l.rowMax = l.rowTau + kTILE_ROWS * 4;
+    l.rowCount = l.rowMax + kTILE_ROWS * 4;
+    l.rowMode = l.rowCount + kTILE_ROWS * 4;
+    l.rowFlags = l.rowMode + kTILE_ROWS * 4;
+    l.mask = alignUp(l.rowFlags + kTILE_ROWS * 4, 16);
+    l.unionWords = alignUp(l.mask + kTILE_ROWS * nw * 4, 16);
+    l.keys = alignUp(l.unionWords + nw * 4, 16);
+    l.coef = alignUp(l.keys + static_cast<size_t>(n) * 2, 128);
+    l.scratch = alignUp(l.coef + static_cast<size_t>(kTILE_ROWS) * (paddedRank(rank) + kSMEM_PAD) * 2, 128);
+    l.chunks = l.scratch;
+    l.listT = alignUp(l.chunks + 2 * tile2dChunkBytes(rank), 128);
+    l.listK = alignUp(l.listT + static_cast<size_t>(kTILE_ROWS) * cap * 4, 128);
+    size_t const phase1 = alignUp(l.listK + static_cast<size_t>(kTILE_ROWS) * cap * 2, 128) - l.scratch;
+    size_t const phase2 = static_cast<size_t>(kTILE_ROWS + 4 * kKEY_CHUNK) * (d + kSMEM_PAD) * elemBytes;
+    l.total = l.scratch + (phase1 > phase2 ? phase1 : phase2);
+    return l;
+}
+
+//! The v2 part of the workspace, after v1's compressed basis: per-block column statistics
+//! of the basis (int4 {min e, max e, on grid, >= 0}), the flags {on grid, >= 0, E, max e},
+//! the column exponents, and the packed basis [npad][rpad] fp16 (key-major, zero beyond R
+//! and N). Empty (all sizes 0) when R > kT2_MAX_RANK.
+struct GridBasis
+{
+    int4* stats;
+    int32_t* flags;
+    int32_t* colExp;
+    __half* packed;
+    int32_t statBlocks;
+    int32_t rpad;
+    int32_t npad;
+};
+
+struct GridOffsets
+{
+    size_t stats;
+    size_t flags;
+    size_t colExp;
+    size_t packed;
+    size_t end;
+};
+
+//! Offsets of the v2 region, starting at byte `base` (256-aligned) of the workspace.
+SPF_HOST_DEVICE GridOffsets gridOffsets(size_t base, int32_t n, int32_t rank)
+{
+    GridOffsets o{};
+    bool const used = rank >= 1 && rank <= kT2_MAX_RANK;
+    size_t const blocks = used ? static_cast<size_t>((n + kT2_STAT_THREADS - 1) / kT2_STAT_THREADS) : 0;
+    o.stats = alignUp(base, 256);
+    o.flags = alignUp(o.stats + blocks * 16, 256);
+    o.colExp = o.flags + (used ? 16 : 0);
+    o.packed = alignUp(o.colExp + (used ? static_cast<size_t>(n) * 4 : 0), 256);
+    o.end = o.packed + (used ? static_cast<size_t>(paddedKeys(n)) * paddedRank(rank) * 2 : 0);
+    return o;
+}
+
+//! Smallest list capacity whose per-warp score-list area (16 rows x cap floats) also holds
+//! the v1 fallback scratch (one row of scores and a 256-bin histogram), rounded to 32.
+SPF_HOST_DEVICE int32_t tile2dMinCap(int32_t n)
+{
+    size_t const fallback = static_cast<size_t>(numWords(n)) * kWARP_SIZE * 4 + kHIST_BINS * 4;
+    size_t const perEntry = 16 * 4;
+    return static_cast<int32_t>(((fallback + perEntry - 1) / perEntry + 31) / 32 * 32);
 }
 
 inline bool isSupportedHeadDim(int32_t d)

@@ -1,9 +1,10 @@
 /*
  * Launcher of the TopKMaskedAttention kernels: validation, workspace, kernel choice,
- * shared-memory opt-in and the two launches (basis compression, then attention).
+ * shared-memory opt-in and the launches (basis compression, the 2-D kernel's basis packing, attention).
  * Also holds the row-wise (all types) instantiations.
  */
 #include "topkMaskedAttentionDispatch.h"
+#include "topkMaskedAttentionGrid.cuh"
 #include "topkMaskedAttentionKernel.h"
 #include "topkMaskedAttentionRowwise.cuh"
 
@@ -32,6 +33,10 @@ AttentionKernel getKernel(LaunchPlan const& plan, TopKMaskedAttentionParams cons
     if (plan.algo == AttentionAlgo::kROWWISE)
     {
         return getRowwiseKernel(p.dataType);
+    }
+    if (plan.algo == AttentionAlgo::kTILED2D)
+    {
+        return p.dataType == DataType::kHALF ? getTile2dKernelHalf(p.headDim) : getTile2dKernelBf16(p.headDim);
     }
     if (p.dataType == DataType::kHALF)
     {
@@ -109,6 +114,16 @@ cudaError_t launchTopKMaskedAttention(TopKMaskedAttentionParams const& params, c
     compressBasisKernel<<<static_cast<uint32_t>(params.rank), kCSR_THREADS,
         kCSR_THREADS / kWARP_SIZE * sizeof(int32_t), stream>>>(
         params.basis, params.basisType, params.numTokens, counts, entries);
+    if (plan.algo == AttentionAlgo::kTILED2D)
+    {
+        GridBasis const g = gridBasisOf(params);
+        gridStatsKernel<<<static_cast<uint32_t>(g.statBlocks), kT2_STAT_THREADS,
+            kT2_STAT_THREADS / kWARP_SIZE * sizeof(int4), stream>>>(
+            params.basis, params.basisType, params.numTokens, params.rank, g.colExp, g.stats);
+        gridPackKernel<<<static_cast<uint32_t>((g.npad + kT2_STAT_THREADS - 1) / kT2_STAT_THREADS), kT2_STAT_THREADS,
+            kT2_STAT_THREADS / kWARP_SIZE * sizeof(int4), stream>>>(
+            params.basis, params.basisType, params.numTokens, params.rank, g);
+    }
 
     if (plan.smemBytes > kDEFAULT_SMEM_LIMIT)
     {

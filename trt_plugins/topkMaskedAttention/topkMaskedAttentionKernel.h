@@ -29,13 +29,15 @@ enum class DataType : int32_t
     kBF16 = 7,
 };
 
-//! Which kernel runs the attention. kAUTO picks kTILED for fp16/bf16 whenever its
-//! shared memory fits the device, else kROWWISE (the only one for fp32).
+//! Which kernel runs the attention. kAUTO picks kTILED2D for fp16/bf16 when the non-CLS
+//! rows form a square patch grid, R <= 64, budget < N and its shared memory fits; else
+//! kTILED whenever its shared memory fits; else kROWWISE (the only one for fp32).
 enum class AttentionAlgo : int32_t
 {
     kAUTO = 0,
     kTILED = 1,   //!< 64-row query tiles, union of key sets, tensor-core MMAs (fp16/bf16).
     kROWWISE = 2, //!< one warp per query row, CUDA cores (all types; the fallback).
+    kTILED2D = 3, //!< 8x8 patch tiles, scores and selection on tensor cores (fp16/bf16; v2).
 };
 
 struct TopKMaskedAttentionParams
@@ -68,7 +70,8 @@ constexpr int32_t kSUPPORTED_HEAD_DIMS[kNB_SUPPORTED_HEAD_DIMS]{32, 48, 64, 80, 
 //! The tiled kernel stores key positions as uint16.
 constexpr int32_t kMAX_TOKENS{65535};
 
-//! Bytes of scratch memory the launch needs (the basis in compressed rows).
+//! Bytes of scratch memory the launch needs (the basis in compressed rows, and packed
+//! for the tensor-core scores of kTILED2D).
 size_t getTopKMaskedAttentionWorkspaceSize(TopKMaskedAttentionParams const& params) noexcept;
 
 //! nullptr when the params are valid for a launch, else a one-line reason.

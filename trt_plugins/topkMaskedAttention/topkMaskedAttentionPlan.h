@@ -7,6 +7,8 @@
 
 #include "topkMaskedAttentionCommon.cuh"
 
+#include <cmath>
+
 namespace sparsifiner
 {
 namespace kernels
@@ -14,11 +16,17 @@ namespace kernels
 
 constexpr size_t kWORKSPACE_ALIGN{256};
 
-inline size_t workspaceBytes(TopKMaskedAttentionParams const& p)
+inline size_t csrBytes(TopKMaskedAttentionParams const& p)
 {
     size_t const r = p.rank > 0 ? static_cast<size_t>(p.rank) : 0;
     size_t const n = p.numTokens > 0 ? static_cast<size_t>(p.numTokens) : 0;
     return alignUp(r * sizeof(int32_t), kWORKSPACE_ALIGN) + r * n * sizeof(CsrEntry);
+}
+
+inline size_t workspaceBytes(TopKMaskedAttentionParams const& p)
+{
+    int32_t const n = p.numTokens > 0 ? p.numTokens : 0;
+    return gridOffsets(csrBytes(p), n, p.rank).end;
 }
 
 inline BasisCsr workspaceCsr(TopKMaskedAttentionParams const& p)
@@ -30,6 +38,24 @@ inline BasisCsr workspaceCsr(TopKMaskedAttentionParams const& p)
         = reinterpret_cast<CsrEntry const*>(base + alignUp(static_cast<size_t>(p.rank) * sizeof(int32_t), kWORKSPACE_ALIGN));
     csr.stride = p.numTokens;
     return csr;
+}
+
+//! The v2 region of the workspace (valid for R <= kT2_MAX_RANK).
+SPF_HOST_DEVICE GridBasis gridBasisOf(TopKMaskedAttentionParams const& p)
+{
+    size_t const r = static_cast<size_t>(p.rank);
+    size_t const csr = alignUp(r * sizeof(int32_t), kWORKSPACE_ALIGN) + r * static_cast<size_t>(p.numTokens) * sizeof(CsrEntry);
+    GridOffsets const o = gridOffsets(csr, p.numTokens, p.rank);
+    auto* base = static_cast<uint8_t*>(p.workspace);
+    GridBasis g{};
+    g.stats = reinterpret_cast<int4*>(base + o.stats);
+    g.flags = reinterpret_cast<int32_t*>(base + o.flags);
+    g.colExp = reinterpret_cast<int32_t*>(base + o.colExp);
+    g.packed = reinterpret_cast<__half*>(base + o.packed);
+    g.statBlocks = (p.numTokens + kT2_STAT_THREADS - 1) / kT2_STAT_THREADS;
+    g.rpad = paddedRank(p.rank);
+    g.npad = paddedKeys(p.numTokens);
+    return g;
 }
 
 inline char const* validateParams(TopKMaskedAttentionParams const& p)
@@ -66,13 +92,14 @@ inline char const* validateParams(TopKMaskedAttentionParams const& p)
     {
         return "scale must be positive";
     }
-    if (p.algo != AttentionAlgo::kAUTO && p.algo != AttentionAlgo::kTILED && p.algo != AttentionAlgo::kROWWISE)
+    if (p.algo != AttentionAlgo::kAUTO && p.algo != AttentionAlgo::kTILED && p.algo != AttentionAlgo::kROWWISE
+        && p.algo != AttentionAlgo::kTILED2D)
     {
         return "unknown algorithm";
     }
-    if (p.algo == AttentionAlgo::kTILED && p.dataType == DataType::kFLOAT)
+    if ((p.algo == AttentionAlgo::kTILED || p.algo == AttentionAlgo::kTILED2D) && p.dataType == DataType::kFLOAT)
     {
-        return "the tiled (tensor-core) kernel supports float16 and bfloat16 only";
+        return "the tiled (tensor-core) kernels support float16 and bfloat16 only";
     }
     if (p.workspace == nullptr || p.workspaceBytes < workspaceBytes(p))
     {
@@ -154,11 +181,82 @@ inline LaunchPlan planTiled(TopKMaskedAttentionParams const& p, int32_t maxSmem)
     return plan;
 }
 
+//! The 2-D tile kernel (v2). plan.warps carries its list capacity per row (`cap`): room
+//! for about 1.5x the candidates the sample's threshold lets through, at least the sample
+//! and v1's fallback scratch, shrunk (not below budget + 32) until the block fits.
+inline LaunchPlan planTile2d(TopKMaskedAttentionParams const& p, int32_t maxSmem)
+{
+    LaunchPlan plan{};
+    int32_t const n = p.numTokens;
+    if (p.dataType == DataType::kFLOAT)
+    {
+        plan.reason = "the 2-D tile kernel supports float16 and bfloat16 only";
+        return plan;
+    }
+    if (gridSide(n, p.clsRows) == 0)
+    {
+        plan.reason = "the 2-D tile kernel needs the N - cls_rows non-CLS rows to form a square patch grid";
+        return plan;
+    }
+    if (p.rank > kT2_MAX_RANK)
+    {
+        plan.reason = "the 2-D tile kernel supports R <= 64";
+        return plan;
+    }
+    if (p.budget >= n)
+    {
+        plan.reason = "budget >= N is dense attention: the 2-D tile kernel selects keys (use the tiled kernel)";
+        return plan;
+    }
+    int32_t const sampled = minInt(n, kT2_SAMPLE_KEYS);
+    int32_t const sampleValid = sampled;
+    double expected = p.budget;
+    if (sampleValid < n)
+    {
+        double const mu = static_cast<double>(p.budget) * sampleValid / n;
+        double const sigma = std::sqrt(mu * (1.0 - static_cast<double>(p.budget) / n));
+        expected = std::ceil(mu + 3.0 * sigma + 2.0) * n / sampleValid;
+    }
+    int32_t const floorCap = maxInt(maxInt(tile2dMinCap(n), sampled), (p.budget + 32 + 31) / 32 * 32);
+    int32_t cap = static_cast<int32_t>(std::ceil((1.5 * expected + 32.0) / 32.0)) * 32;
+    cap = minInt(maxInt(cap, floorCap), maxInt(floorCap, (n + 31) / 32 * 32));
+    auto bytes = [&](int32_t c) { return tile2dLayout(n, p.headDim, elementBytes(p.dataType), p.rank, c).total; };
+    while (bytes(cap) > static_cast<size_t>(maxSmem) && cap - 32 >= floorCap)
+    {
+        cap -= 32;
+    }
+    if (bytes(cap) > static_cast<size_t>(maxSmem))
+    {
+        plan.reason = "N is too large for the 2-D tile kernel's shared memory";
+        return plan;
+    }
+    int64_t const tiles = tiles2dPerHead(n, p.clsRows);
+    if (p.batchHeads > kMAX_GRID_X / tiles)
+    {
+        plan.reason = "batch*heads*tiles exceeds the CUDA grid limit";
+        return plan;
+    }
+    plan.algo = AttentionAlgo::kTILED2D;
+    plan.warps = cap;
+    plan.block = kTILE_THREADS;
+    plan.grid = p.batchHeads * tiles;
+    plan.smemBytes = bytes(cap);
+    return plan;
+}
+
 inline LaunchPlan planLaunch(TopKMaskedAttentionParams const& p, int32_t maxSmem)
 {
     if (p.algo == AttentionAlgo::kROWWISE || p.dataType == DataType::kFLOAT)
     {
         return planRowwise(p, maxSmem);
+    }
+    if (p.algo == AttentionAlgo::kTILED2D || p.algo == AttentionAlgo::kAUTO)
+    {
+        LaunchPlan tile2d = planTile2d(p, maxSmem);
+        if (tile2d.reason == nullptr || p.algo == AttentionAlgo::kTILED2D)
+        {
+            return tile2d;
+        }
     }
     LaunchPlan tiled = planTiled(p, maxSmem);
     if (tiled.reason == nullptr || p.algo == AttentionAlgo::kTILED)

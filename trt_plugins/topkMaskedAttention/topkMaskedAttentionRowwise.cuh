@@ -36,6 +36,14 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kCSR_THREADS)
         int32_t const j = base + tid;
         float const w = j < n ? loadAsFloat(basis, row * n + j, basisType) : 0.F;
         bool const nonzero = w != 0.F; // -0 is dropped like +0; NaN is kept
+        SPF_COUNT(kLDG, 2);
+        SPF_COUNT(kG_BYTES, j < n ? elementBytes(basisType) + (nonzero ? 8 : 0) : 0);
+        SPF_COUNT(kALU, 12 + 8 * 2);
+        SPF_COUNT(kFMA, 6);
+        SPF_COUNT(kLDS, 2);
+        SPF_COUNT(kSMEM_EXTRA, 2);
+        SPF_COUNT(kSTS, 1);
+        SPF_COUNT(kOTHER, 4);
         uint32_t const bits = __ballot_sync(kFULL_MASK, nonzero);
         if (lane == 0)
         {
@@ -126,17 +134,27 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kROW_MAX_WARPS* kWARP_SIZE)
         }
         bool const dense = row < cls || p.budget >= n;
         int32_t count = n;
+        SPF_COUNT(kROWS, lane == 0 ? 1 : 0);
+        SPF_COUNT(kALU, 20);
+        SPF_COUNT(kFMA, 8);
         if (!dense)
         {
+            SPF_PHASE(kSCORES);
             int64_t const coefRow = (bh * (n - cls) + (row - cls)) * static_cast<int64_t>(p.rank);
             void const* coef = static_cast<uint8_t const*>(p.coef) + coefRow * coefElem;
             computeRowScores(sScore, coef, p.coefType, p.rank, csr, nWords);
+            SPF_PHASE(kSELECT);
             selectTopK(sScore, sHist, sMask, nullptr, n, nWords, p.budget);
+            SPF_PHASE(kUNION);
             // The selected keys as a list over the (no longer needed) keys.
             uint32_t running = 0U;
             for (int32_t w = 0; w < nWords; ++w)
             {
                 uint32_t const bits = sMask[w];
+                SPF_COUNT(kLDS, 1);
+                SPF_COUNT(kALU, 6);
+                SPF_COUNT(kSTS, 1);
+                SPF_COUNT(kOTHER, 2);
                 if ((bits >> lane) & 1U)
                 {
                     sScore[running + __popc(bits & lanemaskLt())] = static_cast<uint32_t>(w * kWARP_SIZE) + lane;
@@ -145,9 +163,14 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kROW_MAX_WARPS* kWARP_SIZE)
             }
             count = static_cast<int32_t>(running);
         }
+        SPF_PHASE(kATTEND);
         for (int32_t c = static_cast<int32_t>(lane); c < d; c += kWARP_SIZE)
         {
             sQ[c] = Traits::toFloat(qHead[static_cast<int64_t>(row) * d + c]);
+            SPF_COUNT(kLDG, 1);
+            SPF_COUNT(kG_BYTES, sizeof(T));
+            SPF_COUNT(kSTS, 1);
+            SPF_COUNT(kALU, 4);
         }
         __syncwarp();
 
@@ -166,6 +189,13 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kROW_MAX_WARPS* kWARP_SIZE)
             int32_t const key = valid ? (dense ? u : static_cast<int32_t>(sScore[u])) : 0;
             float const logit
                 = valid ? dotRow<T>(kHead + static_cast<int64_t>(key) * d, sQ, d) * p.scale : kNEG_INF;
+            // d / (16 / sizeof(T)) LDG.128 of the key row, d FFMA (+ conversions for fp16/bf16:
+            // HADD2.F32 on the FMA pipe), d LDS of q (broadcast, 4 per LDS.128).
+            SPF_COUNT(kLDG, d * static_cast<int32_t>(sizeof(T)) / 16);
+            SPF_COUNT(kG_BYTES, valid ? d * static_cast<int32_t>(sizeof(T)) : 0);
+            SPF_COUNT(kFMA, d * (sizeof(T) == 4 ? 1 : 2) + 4);
+            SPF_COUNT(kLDS, d / 4);
+            SPF_COUNT(kALU, 8);
             float groupMax = logit;
             for (int32_t off = 16; off > 0; off >>= 1)
             {
@@ -182,6 +212,9 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kROW_MAX_WARPS* kWARP_SIZE)
             }
             l = l * corr + groupSum;
             m = mNew;
+            SPF_COUNT(kALU, 5 * 2 + 6);
+            SPF_COUNT(kFMA, 5 + 4 + kDIMS_PER_LANE);
+            SPF_COUNT(kMUFU, 2);
             SPF_UNROLL
             for (int32_t c = 0; c < kDIMS_PER_LANE; ++c)
             {
@@ -193,6 +226,10 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kROW_MAX_WARPS* kWARP_SIZE)
                 float const pt = __shfl_sync(kFULL_MASK, prob, t);
                 int32_t const kt = __shfl_sync(kFULL_MASK, key, t);
                 T const* vRow = vHead + static_cast<int64_t>(kt) * d;
+                SPF_COUNT(kLDG, kDIMS_PER_LANE);
+                SPF_COUNT(kG_BYTES, d * static_cast<int32_t>(sizeof(T)) / kWARP_SIZE);
+                SPF_COUNT(kFMA, kDIMS_PER_LANE * 2 + 2);
+                SPF_COUNT(kALU, kDIMS_PER_LANE + 2);
                 SPF_UNROLL
                 for (int32_t c = 0; c < kDIMS_PER_LANE; ++c)
                 {
@@ -209,6 +246,10 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kROW_MAX_WARPS* kWARP_SIZE)
         for (int32_t c = 0; c < kDIMS_PER_LANE; ++c)
         {
             int32_t const dim = static_cast<int32_t>(lane) + c * kWARP_SIZE;
+            SPF_COUNT(kLDG, 1);
+            SPF_COUNT(kG_BYTES, dim < d ? sizeof(T) : 0);
+            SPF_COUNT(kFMA, 2);
+            SPF_COUNT(kALU, 2);
             if (dim < d)
             {
                 outHead[static_cast<int64_t>(row) * d + dim] = Traits::fromFloat(acc[c] * inv);

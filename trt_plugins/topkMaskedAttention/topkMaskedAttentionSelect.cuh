@@ -17,6 +17,9 @@
  *    share and stopping as soon as the boundary digit holds exactly the keys still
  *    needed; a final pass in key order takes the keys above the threshold prefix and the
  *    first `need` keys equal to it.
+ *
+ * SPF_COUNT lines are the cost model's per-lane instruction counts of the surrounding
+ * code, read from the sm_90 SASS of the tiled kernel (nothing on the GPU).
  */
 #pragma once
 
@@ -51,12 +54,19 @@ SPF_DEVICE void computeRowScores(uint32_t* sScore, void const* coefRow, DataType
     for (int32_t w = 0; w < nWords; ++w)
     {
         sScore[w * kWARP_SIZE + lane] = 0U;
+        SPF_COUNT(kSTS, 1);
+        SPF_COUNT(kALU, 0.5); // unrolled 16x: a compare and an increment per 4 words
     }
     __syncwarp();
     for (int32_t r0 = 0; r0 < rank; r0 += kWARP_SIZE)
     {
         int32_t const r = r0 + static_cast<int32_t>(lane);
         float const c = r < rank ? loadAsFloat(coefRow, r, coefType) : 0.F;
+        SPF_COUNT(kLDG, 1);
+        SPF_COUNT(kG_BYTES, r < rank ? elementBytes(coefType) : 0);
+        SPF_COUNT(kALU, 4);
+        SPF_COUNT(kFMA, 2);
+        SPF_COUNT(kOTHER, 2);
         // Zero coefficients contribute nothing; NaN compares unequal to 0 and is kept.
         uint32_t pending = __ballot_sync(kFULL_MASK, c != 0.F);
         while (pending != 0U)
@@ -67,12 +77,25 @@ SPF_DEVICE void computeRowScores(uint32_t* sScore, void const* coefRow, DataType
             int32_t const row = r0 + src;
             int32_t const count = csr.counts[row];
             CsrEntry const* entries = csr.entries + static_cast<int64_t>(row) * csr.stride;
+            SPF_COUNT(kLDG, 1);
+            SPF_COUNT(kG_BYTES, 4);
+            SPF_COUNT(kALU, 6);
+            SPF_COUNT(kFMA, 2);
+            SPF_COUNT(kOTHER, 3);
             // Keys are distinct within one basis row: no two lanes update the same score.
             for (int32_t e = static_cast<int32_t>(lane); e < count; e += kWARP_SIZE)
             {
                 CsrEntry const entry = entries[e];
                 float const s = __uint_as_float(sScore[entry.key]);
                 sScore[entry.key] = __float_as_uint(fmaf(cr, entry.value, s));
+                // 2 LDG (key, value), 2 IMAD (address), LDS, FFMA, STS; loop and 64-bit
+                // address arithmetic ~1.5 per entry (unrolled by 4).
+                SPF_COUNT(kLDG, 2);
+                SPF_COUNT(kG_BYTES, 8);
+                SPF_COUNT(kFMA, 3);
+                SPF_COUNT(kLDS, 1);
+                SPF_COUNT(kSTS, 1);
+                SPF_COUNT(kALU, 1.5);
             }
             // Orders this basis row's updates before the next row's (fixed r order per key).
             __syncwarp();
@@ -95,6 +118,11 @@ SPF_DEVICE void findBoundaryBin(
         h[i] = sHist[lane * 8 + i];
         local += h[i];
     }
+    // 2 LDS.128 (8 wavefronts), 7 IADD; scan: 5 x (ISETP, SEL/IADD); the unrolled search
+    // 8 x (IADD, ISETP, 3 SEL); ownership test, shuffles of the result.
+    SPF_COUNT(kLDS, 2);
+    SPF_COUNT(kSMEM_EXTRA, 6);
+    SPF_COUNT(kALU, 7 + 10 + 40 + 4);
     uint32_t inclusive = local;
     SPF_UNROLL
     for (int32_t off = 1; off < kWARP_SIZE; off <<= 1)
@@ -135,6 +163,9 @@ SPF_DEVICE void findBoundaryBin(
 SPF_DEVICE void storeMaskWord(bool take, int32_t w, uint32_t* maskOut, uint32_t* unionOut)
 {
     uint32_t const word = __ballot_sync(kFULL_MASK, take);
+    SPF_COUNT(kALU, 2);
+    SPF_COUNT(kOTHER, 2);
+    SPF_COUNT(kSTS, 1); // predicated on lane 0: the warp still issues it
     if (laneId() == 0)
     {
         maskOut[w] = word;
@@ -160,6 +191,10 @@ SPF_DEVICE void selectByRadix(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut
         int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
         uint32_t const key = orderedKey(sKey[j]);
         sKey[j] = key;
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kSTS, 1);
+        SPF_COUNT(kALU, 9); // orderedKey (5), valid test, AND/OR, loop
+        SPF_COUNT(kOTHER, 1);
         if (j < numTokens)
         {
             andAll &= key;
@@ -170,7 +205,9 @@ SPF_DEVICE void selectByRadix(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut
     {
         andAll &= __shfl_xor_sync(kFULL_MASK, andAll, off);
         orAll |= __shfl_xor_sync(kFULL_MASK, orAll, off);
+        SPF_COUNT(kALU, 2);
     }
+    SPF_COUNT(kALU, 8);
     __syncwarp();
 
     // Threshold prefix: keys whose top bits (prefMask) equal pref are the boundary class;
@@ -191,13 +228,21 @@ SPF_DEVICE void selectByRadix(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut
             for (int32_t b = static_cast<int32_t>(lane); b < kHIST_BINS; b += kWARP_SIZE)
             {
                 sHist[b] = 0U;
+                SPF_COUNT(kSTS, 1);
             }
+            SPF_COUNT(kALU, 8);
             __syncwarp();
             for (int32_t w = 0; w < nWords; ++w)
             {
                 int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
                 uint32_t const key = sKey[j];
-                if (j < numTokens && (key & prefMask) == pref)
+                bool const counted = j < numTokens && (key & prefMask) == pref;
+                SPF_ATOMS_CONFLICT(&sHist[(key >> lo) & digitMask], counted);
+                SPF_COUNT(kLDS, 1);
+                SPF_COUNT(kALU, 6); // bounds, prefix test, digit (SHF, LOP), loop
+                SPF_COUNT(kFMA, 1);
+                SPF_COUNT(kOTHER, 3);
+                if (counted)
                 {
                     atomicAdd(&sHist[(key >> lo) & digitMask], 1U);
                 }
@@ -210,6 +255,8 @@ SPF_DEVICE void selectByRadix(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut
             need -= aboveDigit;
             pref |= digit << lo;
             prefMask |= digitMask << lo;
+            SPF_COUNT(kALU, 10);
+            SPF_COUNT(kOTHER, 3);
             __syncwarp();
             if (inDigit == need || lo == 0)
             {
@@ -228,6 +275,8 @@ SPF_DEVICE void selectByRadix(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut
         uint32_t const masked = sKey[j] & prefMask;
         bool const above = valid && masked > pref;
         bool const equal = valid && masked == pref;
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kALU, 10);
         uint32_t const equalBits = __ballot_sync(kFULL_MASK, equal);
         bool const take = above || (equal && running + __popc(equalBits & lanemaskLt()) < need);
         running += __popc(equalBits);
@@ -257,11 +306,21 @@ SPF_DEVICE bool selectByBins(uint32_t const* sScore, uint32_t* sHist, uint32_t* 
     for (int32_t b = static_cast<int32_t>(lane); b < kHIST_BINS; b += kWARP_SIZE)
     {
         sHist[b] = 0U;
+        SPF_COUNT(kSTS, 1);
     }
+    SPF_COUNT(kALU, 8);
     __syncwarp();
     for (int32_t w = 0; w < nWords; ++w)
     {
         int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
+        // SASS: BSSY, BRA, LDS, FADD, FMUL, F2I, VIMNMX, IMAD.IADD, IMAD, ATOMS, BSYNC;
+        // loop overhead ~1.5 per word (unrolled by 4).
+        SPF_ATOMS_CONFLICT(&sHist[j < numTokens ? linearBin(__uint_as_float(sScore[j]), lo, binScale) : 0], j < numTokens);
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kFMA, 4);
+        SPF_COUNT(kCVT, 1);
+        SPF_COUNT(kALU, 2.5);
+        SPF_COUNT(kOTHER, 3);
         if (j < numTokens)
         {
             atomicAdd(&sHist[linearBin(__uint_as_float(sScore[j]), lo, binScale)], 1U);
@@ -291,6 +350,12 @@ SPF_DEVICE bool selectByBins(uint32_t const* sScore, uint32_t* sHist, uint32_t* 
             int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
             uint32_t const bits = j < numTokens ? sScore[j] : 0U;
             bool const member = j < numTokens && linearBin(__uint_as_float(bits), lo, binScale) == digit;
+            SPF_COUNT(kLDS, 1);
+            SPF_COUNT(kFMA, 2);
+            SPF_COUNT(kCVT, 1);
+            SPF_COUNT(kALU, 12); // bin compare, orderedKey, slot arithmetic, lanemask
+            SPF_COUNT(kSTS, 2);  // predicated member stores
+            SPF_COUNT(kOTHER, 2);
             uint32_t const members = __ballot_sync(kFULL_MASK, member);
             if (member)
             {
@@ -304,13 +369,17 @@ SPF_DEVICE bool selectByBins(uint32_t const* sScore, uint32_t* sHist, uint32_t* 
         bool const have = lane < inDigit;
         uint32_t const myKey = have ? sHist[2 * lane] : 0U;
         uint32_t const myIdx = have ? sHist[2 * lane + 1] : 0xFFFFFFFFU;
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kALU, 4);
         uint32_t rank = 0U;
         for (uint32_t t = 0; t < inDigit; ++t) // inDigit is warp-uniform
         {
             uint32_t const k = __shfl_sync(kFULL_MASK, myKey, static_cast<int32_t>(t));
             uint32_t const i = __shfl_sync(kFULL_MASK, myIdx, static_cast<int32_t>(t));
             rank += (k > myKey || (k == myKey && i < myIdx)) ? 1U : 0U;
+            SPF_COUNT(kALU, 6);
         }
+        SPF_COUNT(kALU, 4);
         // Members have distinct (key, index) pairs, so their ranks are 0 .. inDigit - 1.
         int32_t const owner = __ffs(__ballot_sync(kFULL_MASK, have && rank == need - 1)) - 1;
         boundKey = __shfl_sync(kFULL_MASK, myKey, owner);
@@ -321,6 +390,13 @@ SPF_DEVICE bool selectByBins(uint32_t const* sScore, uint32_t* sHist, uint32_t* 
     {
         int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
         bool take = false;
+        // LDS, FADD, FMUL, F2I, VIMNMX, the bin compares, orderedKey and the index test
+        // (predicated), branch bookkeeping.
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kFMA, 2);
+        SPF_COUNT(kCVT, 1);
+        SPF_COUNT(kALU, 12);
+        SPF_COUNT(kOTHER, 3);
         if (j < numTokens)
         {
             uint32_t const bits = sScore[j];
@@ -355,6 +431,11 @@ SPF_DEVICE void selectTopK(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, u
     for (int32_t w = 0; w < nWords; ++w)
     {
         int32_t const j = w * kWARP_SIZE + static_cast<int32_t>(lane);
+        // SASS: BSSY, PRMT, BRA, LDS, MOV, PRMT, FSETP, 2 FMNMX, PRMT, BSYNC; loop ~2.5/word.
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kALU, 8.5);
+        SPF_COUNT(kFMA, 1);
+        SPF_COUNT(kOTHER, 3);
         if (j < numTokens)
         {
             float const s = __uint_as_float(sKey[j]);
@@ -373,7 +454,12 @@ SPF_DEVICE void selectTopK(uint32_t* sKey, uint32_t* sHist, uint32_t* maskOut, u
     {
         lo = fminf(lo, __shfl_xor_sync(kFULL_MASK, lo, off));
         hi = fmaxf(hi, __shfl_xor_sync(kFULL_MASK, hi, off));
+        SPF_COUNT(kALU, 2);
     }
+    SPF_COUNT(kFMA, 2); // hi - lo, 256 / (hi - lo) (with MUFU.RCP)
+    SPF_COUNT(kMUFU, 1);
+    SPF_COUNT(kALU, 6);
+    SPF_COUNT(kOTHER, 4);
     nonFinite = __ballot_sync(kFULL_MASK, nonFinite) != 0U;
     // hi - lo must be finite (it overflows for scores near +-FLT_MAX) and 256 / (hi - lo)
     // too (it overflows for a tiny range); otherwise, and for all-equal rows, use the radix.

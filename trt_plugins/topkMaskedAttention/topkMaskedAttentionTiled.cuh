@@ -46,6 +46,9 @@ SPF_DEVICE int32_t compactUnion(uint32_t const* sUnion, int32_t nWords, uint16_t
         int32_t const w = base + tid;
         uint32_t bits = w < nWords ? sUnion[w] : 0U;
         int32_t const count = __popc(bits);
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kALU, 8 + 5 * 2 + 4 * 3);
+        SPF_COUNT(kOTHER, 4);
         int32_t inclusive = count;
         SPF_UNROLL
         for (int32_t off = 1; off < kWARP_SIZE; off <<= 1)
@@ -73,6 +76,9 @@ SPF_DEVICE int32_t compactUnion(uint32_t const* sUnion, int32_t nWords, uint16_t
             int32_t const b = __ffs(bits) - 1;
             bits &= bits - 1U;
             sKeys[pos++] = static_cast<uint16_t>(w * kWARP_SIZE + b);
+            SPF_COUNT(kSTS, 1);
+            SPF_COUNT(kALU, 5);
+            SPF_COUNT(kOTHER, 1);
         }
         carry += chunkTotal;
         __syncthreads();
@@ -80,81 +86,28 @@ SPF_DEVICE int32_t compactUnion(uint32_t const* sUnion, int32_t nWords, uint16_t
     return carry;
 }
 
-template <typename T, int32_t kHEAD_DIM>
-SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
-    tiledTopKAttentionKernel(TopKMaskedAttentionParams const p, BasisCsr const csr, int32_t const /*warps*/)
+//! Phase 2 of the tiled kernels: flash attention of the tile's 64 query slots over a key
+//! list (sKeys[0 .. numKeys), or all N keys when dense), each slot's logits masked by its
+//! own bitmask row (sMask + slot * nWords) unless dense. rowOf(slot) gives the query row
+//! of a slot, or -1 for an empty slot. Block-wide; uses `scratch` for Q, K and V tiles.
+template <typename T, int32_t kHEAD_DIM, typename RowOf>
+SPF_DEVICE void attendTile(TopKMaskedAttentionParams const& p, int64_t bh, RowOf rowOf, uint32_t const* sMask,
+    int32_t nWords, uint16_t const* sKeys, int32_t numKeys, bool dense, uint8_t* scratch)
 {
     using Cfg = TiledConfig<T, kHEAD_DIM>;
     using Traits = ElemTraits<T>;
-    SPF_DYNAMIC_SMEM(smem);
-
     int32_t const n = p.numTokens;
-    int32_t const cls = p.clsRows;
-    int32_t const nWords = numWords(n);
-    TiledLayout const layout = tiledLayout(n, kHEAD_DIM, static_cast<int32_t>(sizeof(T)));
-    int32_t* sMisc = reinterpret_cast<int32_t*>(smem);
-    uint32_t* sMask = reinterpret_cast<uint32_t*>(smem + layout.mask);
-    uint32_t* sUnion = reinterpret_cast<uint32_t*>(smem + layout.unionWords);
-    uint16_t* sKeys = reinterpret_cast<uint16_t*>(smem + layout.keys);
-    uint8_t* scratch = smem + layout.scratch;
-
     int32_t const tid = static_cast<int32_t>(threadIdx.x);
     int32_t const warp = tid / kWARP_SIZE;
     uint32_t const lane = laneId();
     int32_t const group = static_cast<int32_t>(lane >> 2); // MMA groupID
     int32_t const quad = static_cast<int32_t>(lane & 3);   // MMA threadID_in_group
-
-    int64_t const tiles = tilesPerHead(n, cls);
-    int64_t const bh = static_cast<int64_t>(blockIdx.x) / tiles;
-    int32_t const tile = static_cast<int32_t>(static_cast<int64_t>(blockIdx.x) % tiles);
-    int32_t const clsTiles = static_cast<int32_t>(ceilDiv(cls, kTILE_ROWS));
-    bool const clsTile = tile < clsTiles;
-    int32_t const rowBegin = clsTile ? tile * kTILE_ROWS : cls + (tile - clsTiles) * kTILE_ROWS;
-    int32_t const rowEnd = clsTile ? minInt(rowBegin + kTILE_ROWS, cls) : minInt(rowBegin + kTILE_ROWS, n);
-    bool const dense = clsTile || p.budget >= n;
-
     int64_t const headOffset = bh * n * kHEAD_DIM;
     T const* qHead = static_cast<T const*>(p.q) + headOffset;
     T const* kHead = static_cast<T const*>(p.k) + headOffset;
     T const* vHead = static_cast<T const*>(p.v) + headOffset;
     T* outHead = static_cast<T*>(p.out) + headOffset;
 
-    // ------------------------------------------------------------ phase 1: selection
-    int32_t numKeys = n;
-    if (!dense)
-    {
-        for (int32_t w = tid; w < nWords; w += kTILE_THREADS)
-        {
-            sUnion[w] = 0U;
-        }
-        __syncthreads();
-        uint32_t* sScore = reinterpret_cast<uint32_t*>(scratch) + warp * nWords * kWARP_SIZE;
-        uint32_t* sHist = reinterpret_cast<uint32_t*>(scratch) + kTILE_WARPS * nWords * kWARP_SIZE + warp * kHIST_BINS;
-        size_t const coefElem = static_cast<size_t>(elementBytes(p.coefType));
-        for (int32_t r = warp * 16; r < warp * 16 + 16; ++r)
-        {
-            int32_t const row = rowBegin + r;
-            uint32_t* maskRow = sMask + r * nWords;
-            if (row < rowEnd)
-            {
-                int64_t const coefRow = (bh * (n - cls) + (row - cls)) * static_cast<int64_t>(p.rank);
-                void const* coef = static_cast<uint8_t const*>(p.coef) + coefRow * coefElem;
-                computeRowScores(sScore, coef, p.coefType, p.rank, csr, nWords);
-                selectTopK(sScore, sHist, maskRow, sUnion, n, nWords, p.budget);
-            }
-            else
-            {
-                for (int32_t w = static_cast<int32_t>(lane); w < nWords; w += kWARP_SIZE)
-                {
-                    maskRow[w] = 0U;
-                }
-            }
-        }
-        __syncthreads();
-        numKeys = compactUnion(sUnion, nWords, sKeys, sMisc);
-    }
-
-    // ------------------------------------------------------------ phase 2: attention
     T* sQ = reinterpret_cast<T*>(scratch);
     T* sK = sQ + kTILE_ROWS * Cfg::kSTRIDE;
     T* sV = sK + 2 * kKEY_CHUNK * Cfg::kSTRIDE;
@@ -163,9 +116,12 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
     {
         int32_t const r = i / Cfg::kVECS;
         int32_t const c = (i % Cfg::kVECS) * 8;
-        bool const valid = rowBegin + r < rowEnd;
-        int32_t const row = valid ? rowBegin + r : rowBegin;
+        int32_t const mapped = rowOf(r);
+        bool const valid = mapped >= 0;
+        int32_t const row = valid ? mapped : 0;
         cpAsync16(sQ + r * Cfg::kSTRIDE + c, qHead + static_cast<int64_t>(row) * kHEAD_DIM + c, valid);
+        SPF_COUNT(kALU, 6);
+        SPF_COUNT(kFMA, 3);
     }
     cpAsyncCommit();
 
@@ -184,6 +140,9 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
             int64_t const offset = static_cast<int64_t>(key) * kHEAD_DIM + c;
             cpAsync16(dstK + r * Cfg::kSTRIDE + c, kHead + offset, valid);
             cpAsync16(dstV + r * Cfg::kSTRIDE + c, vHead + offset, valid);
+            SPF_COUNT(kLDS, dense ? 0 : 1);
+            SPF_COUNT(kALU, 6);
+            SPF_COUNT(kFMA, 5); // 64-bit addresses of K and V, smem offsets
         }
         cpAsyncCommit();
     };
@@ -201,6 +160,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
         {
             ldmatrixX4(qFrag[kt], sQ + r * Cfg::kSTRIDE + kt * 16 + c);
         }
+        SPF_COUNT(kALU, 8);
     }
 
     int32_t const row0 = warp * 16 + group; // this thread's two rows in the tile
@@ -279,6 +239,11 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
                     keep0 = (mask0[key >> 5] & bit) != 0U;
                     keep1 = (mask1[key >> 5] & bit) != 0U;
                 }
+                // 2 FMUL (scale), 2 FMNMX, 2 SEL, bounds compare; sparse tiles: 3 LDS
+                // (key, two mask words) and ~6 integer ops for the bit tests.
+                SPF_COUNT(kFMA, 2);
+                SPF_COUNT(kALU, 5 + (dense ? 0 : 6));
+                SPF_COUNT(kLDS, dense ? 0 : 3);
                 s[nt][e] = keep0 ? s[nt][e] * scaleLog2 : kNEG_INF;
                 s[nt][2 + e] = keep1 ? s[nt][2 + e] * scaleLog2 : kNEG_INF;
                 cm0 = fmaxf(cm0, s[nt][e]);
@@ -297,6 +262,9 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
         float const mUse1 = mNew1 == kNEG_INF ? 0.F : mNew1;
         float const corr0 = exp2f(m0 - mUse0);
         float const corr1 = exp2f(m1 - mUse1);
+        SPF_COUNT(kALU, 4 + 6);
+        SPF_COUNT(kFMA, 4 + 2 + 4 * Cfg::kDT);
+        SPF_COUNT(kMUFU, 2);
         m0 = mNew0;
         m1 = mNew1;
         l0 *= corr0;
@@ -318,6 +286,8 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
             s[nt][3] = exp2f(s[nt][3] - mUse1);
             l0 += s[nt][0] + s[nt][1];
             l1 += s[nt][2] + s[nt][3];
+            SPF_COUNT(kFMA, 4 + 4);
+            SPF_COUNT(kMUFU, 4);
         }
 
         // O += P V: the S accumulators of n-tiles 2kk and 2kk+1 are exactly the A
@@ -333,6 +303,7 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
                 a[1] = Traits::pack2(s[2 * kk][2], s[2 * kk][3]);
                 a[2] = Traits::pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
                 a[3] = Traits::pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                SPF_COUNT(kALU, 4); // F2FP.PACK_AB
                 SPF_UNROLL
                 for (int32_t dp = 0; dp < Cfg::kDT / 2; ++dp)
                 {
@@ -343,6 +314,8 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
                 }
             }
         }
+        SPF_COUNT(kALU, 4); // chunk loop, buffer pointers
+        SPF_COUNT(kOTHER, 3);
         __syncthreads(); // the buffer is refilled two iterations later
     }
 
@@ -353,6 +326,10 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
     l1 += __shfl_xor_sync(kFULL_MASK, l1, 2);
     float const inv0 = l0 > 0.F ? 1.F / l0 : 0.F;
     float const inv1 = l1 > 0.F ? 1.F / l1 : 0.F;
+    SPF_COUNT(kFMA, 4 + 2 * Cfg::kDT);
+    SPF_COUNT(kMUFU, 2);
+    SPF_COUNT(kALU, 4 + 2 * Cfg::kDT);
+    SPF_COUNT(kSTS, 2 * Cfg::kDT);
     uint32_t* sOut0 = reinterpret_cast<uint32_t*>(sQ + row0 * Cfg::kSTRIDE);
     uint32_t* sOut1 = reinterpret_cast<uint32_t*>(sQ + row1 * Cfg::kSTRIDE);
     SPF_UNROLL
@@ -366,12 +343,99 @@ SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
     {
         int32_t const r = warp * 16 + i / Cfg::kVECS;
         int32_t const c = (i % Cfg::kVECS) * 8;
-        if (rowBegin + r < rowEnd)
+        SPF_COUNT(kLDS, 1);
+        SPF_COUNT(kSMEM_EXTRA, 3);
+        SPF_COUNT(kLDG, 1);
+        int32_t const row = rowOf(r);
+        SPF_COUNT(kG_BYTES, row >= 0 ? 16 : 0);
+        SPF_COUNT(kALU, 5);
+        SPF_COUNT(kFMA, 3);
+        if (row >= 0)
         {
-            *reinterpret_cast<uint4*>(outHead + static_cast<int64_t>(rowBegin + r) * kHEAD_DIM + c)
+            *reinterpret_cast<uint4*>(outHead + static_cast<int64_t>(row) * kHEAD_DIM + c)
                 = *reinterpret_cast<uint4 const*>(sQ + r * Cfg::kSTRIDE + c);
         }
     }
+}
+
+template <typename T, int32_t kHEAD_DIM>
+SPF_GLOBAL void SPF_LAUNCH_BOUNDS(kTILE_THREADS)
+    tiledTopKAttentionKernel(TopKMaskedAttentionParams const p, BasisCsr const csr, int32_t const /*warps*/)
+{
+    SPF_DYNAMIC_SMEM(smem);
+
+    int32_t const n = p.numTokens;
+    int32_t const cls = p.clsRows;
+    int32_t const nWords = numWords(n);
+    TiledLayout const layout = tiledLayout(n, kHEAD_DIM, static_cast<int32_t>(sizeof(T)));
+    int32_t* sMisc = reinterpret_cast<int32_t*>(smem);
+    uint32_t* sMask = reinterpret_cast<uint32_t*>(smem + layout.mask);
+    uint32_t* sUnion = reinterpret_cast<uint32_t*>(smem + layout.unionWords);
+    uint16_t* sKeys = reinterpret_cast<uint16_t*>(smem + layout.keys);
+    uint8_t* scratch = smem + layout.scratch;
+
+    int32_t const tid = static_cast<int32_t>(threadIdx.x);
+    int32_t const warp = tid / kWARP_SIZE;
+    uint32_t const lane = laneId();
+
+    int64_t const tiles = tilesPerHead(n, cls);
+    int64_t const bh = static_cast<int64_t>(blockIdx.x) / tiles;
+    int32_t const tile = static_cast<int32_t>(static_cast<int64_t>(blockIdx.x) % tiles);
+    int32_t const clsTiles = static_cast<int32_t>(ceilDiv(cls, kTILE_ROWS));
+    bool const clsTile = tile < clsTiles;
+    int32_t const rowBegin = clsTile ? tile * kTILE_ROWS : cls + (tile - clsTiles) * kTILE_ROWS;
+    int32_t const rowEnd = clsTile ? minInt(rowBegin + kTILE_ROWS, cls) : minInt(rowBegin + kTILE_ROWS, n);
+    bool const dense = clsTile || p.budget >= n;
+
+    // ------------------------------------------------------------ phase 1: selection
+    int32_t numKeys = n;
+    SPF_COUNT(kROWS, tid == 0 ? rowEnd - rowBegin : 0);
+    SPF_COUNT(kALU, 40); // tile and row bookkeeping (divisions by constants, pointers)
+    SPF_COUNT(kFMA, 10);
+    if (!dense)
+    {
+        SPF_PHASE(kUNION);
+        for (int32_t w = tid; w < nWords; w += kTILE_THREADS)
+        {
+            sUnion[w] = 0U;
+        }
+        __syncthreads();
+        uint32_t* sScore = reinterpret_cast<uint32_t*>(scratch) + warp * nWords * kWARP_SIZE;
+        uint32_t* sHist = reinterpret_cast<uint32_t*>(scratch) + kTILE_WARPS * nWords * kWARP_SIZE + warp * kHIST_BINS;
+        size_t const coefElem = static_cast<size_t>(elementBytes(p.coefType));
+        for (int32_t r = warp * 16; r < warp * 16 + 16; ++r)
+        {
+            int32_t const row = rowBegin + r;
+            uint32_t* maskRow = sMask + r * nWords;
+            if (row < rowEnd)
+            {
+                int64_t const coefRow = (bh * (n - cls) + (row - cls)) * static_cast<int64_t>(p.rank);
+                void const* coef = static_cast<uint8_t const*>(p.coef) + coefRow * coefElem;
+                SPF_PHASE(kSCORES);
+                SPF_COUNT(kALU, 6);
+                SPF_COUNT(kFMA, 4);
+                computeRowScores(sScore, coef, p.coefType, p.rank, csr, nWords);
+                SPF_PHASE(kSELECT);
+                selectTopK(sScore, sHist, maskRow, sUnion, n, nWords, p.budget);
+            }
+            else
+            {
+                for (int32_t w = static_cast<int32_t>(lane); w < nWords; w += kWARP_SIZE)
+                {
+                    maskRow[w] = 0U;
+                    SPF_COUNT(kSTS, 1);
+                }
+            }
+        }
+        SPF_PHASE(kUNION);
+        __syncthreads();
+        numKeys = compactUnion(sUnion, nWords, sKeys, sMisc);
+    }
+    SPF_PHASE(kATTEND);
+
+    // ------------------------------------------------------------ phase 2: attention
+    attendTile<T, kHEAD_DIM>(p, bh, [=](int32_t slot) { return rowBegin + slot < rowEnd ? rowBegin + slot : -1; },
+        sMask, nWords, sKeys, numKeys, dense, scratch);
 }
 
 } // namespace kernels

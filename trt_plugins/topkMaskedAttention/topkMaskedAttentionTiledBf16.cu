@@ -15,5 +15,10 @@ AttentionKernel getTiledKernelBf16(int32_t headDim)
     return tiledKernelFor<__nv_bfloat16>(headDim);
 }
 
+AttentionKernel getTile2dKernelBf16(int32_t headDim)
+{
+    return tile2dKernelFor<__nv_bfloat16>(headDim);
+}
+
 } // namespace kernels
 } // namespace sparsifiner

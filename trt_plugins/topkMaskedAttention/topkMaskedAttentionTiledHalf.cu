@@ -15,5 +15,10 @@ AttentionKernel getTiledKernelHalf(int32_t headDim)
     return tiledKernelFor<__half>(headDim);
 }
 
+AttentionKernel getTile2dKernelHalf(int32_t headDim)
+{
+    return tile2dKernelFor<__half>(headDim);
+}
+
 } // namespace kernels
 } // namespace sparsifiner

@@ -4,7 +4,7 @@
  */
 #pragma once
 
-#include "topkMaskedAttentionTiled.cuh"
+#include "topkMaskedAttentionTile2d.cuh"
 
 namespace sparsifiner
 {
@@ -22,6 +22,21 @@ void (*tiledKernelFor(int32_t headDim))(TopKMaskedAttentionParams, BasisCsr, int
     case 80: return &tiledTopKAttentionKernel<T, 80>;
     case 96: return &tiledTopKAttentionKernel<T, 96>;
     case 128: return &tiledTopKAttentionKernel<T, 128>;
+    default: return nullptr;
+    }
+}
+
+template <typename T>
+void (*tile2dKernelFor(int32_t headDim))(TopKMaskedAttentionParams, BasisCsr, int32_t)
+{
+    switch (headDim)
+    {
+    case 32: return &tile2dTopKAttentionKernel<T, 32>;
+    case 48: return &tile2dTopKAttentionKernel<T, 48>;
+    case 64: return &tile2dTopKAttentionKernel<T, 64>;
+    case 80: return &tile2dTopKAttentionKernel<T, 80>;
+    case 96: return &tile2dTopKAttentionKernel<T, 96>;
+    case 128: return &tile2dTopKAttentionKernel<T, 128>;
     default: return nullptr;
     }
 }

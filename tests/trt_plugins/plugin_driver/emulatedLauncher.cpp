@@ -15,7 +15,7 @@
 extern "C" int spf_emulate(void const* q, void const* k, void const* v, void const* coef, void const* basis, void* out,
     int32_t dataType, int32_t coefType, int32_t basisType, int64_t batchHeads, int32_t numTokens, int32_t headDim,
     int32_t rank, int32_t budget, int32_t clsRows, float scale, int32_t algo, int32_t maxSmem, int32_t blockStride,
-    int32_t* algoUsed, char* error, int32_t errorSize);
+    int32_t* algoUsed, char* error, int32_t errorSize, double* tally);
 
 namespace sparsifiner
 {
@@ -67,7 +67,7 @@ cudaError_t launchTopKMaskedAttention(TopKMaskedAttentionParams const& p, cudaSt
     int const rc = spf_emulate(p.q, p.k, p.v, p.coef, p.basis, p.out, static_cast<int32_t>(p.dataType),
         static_cast<int32_t>(p.coefType), static_cast<int32_t>(p.basisType), p.batchHeads, p.numTokens, p.headDim,
         p.rank, p.budget, p.clsRows, p.scale, static_cast<int32_t>(p.algo), kEMULATED_SMEM, 1, &used, gLastError,
-        static_cast<int32_t>(sizeof(gLastError)));
+        static_cast<int32_t>(sizeof(gLastError)), nullptr);
     return rc == 0 ? cudaSuccess : (rc == 1 ? cudaErrorInvalidValue : cudaErrorLaunchFailure);
 }
 
