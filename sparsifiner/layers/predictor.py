@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from timm.layers import trunc_normal_
 
 from sparsifiner.ops.grid import quantize_basis, round_coefficients
 from sparsifiner.settings import SparsifinerSettings
@@ -85,6 +84,10 @@ class ConnectivityPredictor(nn.Module):
         self._pruned = bool(self.basis_is_pruned)
 
     def reset_parameters(self) -> None:
+        # Imported here: importing timm at module level would run the timm hook's registration
+        # while sparsifiner.layers is half-initialised (a circular import).
+        from timm.layers import trunc_normal_
+
         for lin in (self.proj_q, self.proj_k):
             trunc_normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
