@@ -7,7 +7,7 @@ import torch
 
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.layers import prune_basis_tensor, prune_coefficients
-from sparsifiner.model import collect_aux, create_sparsifiner, set_mode, sparse_layers, sparsify
+from sparsifiner.model.sparsify import collect_aux, create_sparsifiner, set_mode, sparse_layers, sparsify
 from sparsifiner.settings import SparsifinerSettings
 
 
