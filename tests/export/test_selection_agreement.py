@@ -1,14 +1,16 @@
-"""Every implementation of the op selects the same keys as the reference on a trained model.
+"""Every implementation of the op selects the same keys as the reference on trained models.
 
 With exact scores (sparsifiner.ops.grid) a key set is a function of the op's inputs,
 whatever the summation order, so the keys read out of each implementation (q = k = 0,
 v one-hot: sparsifiner.runtime.selection.probe_selection) must equal the reference's
-bit for bit, ties included, at fp32 and fp16 inputs. The inputs are what a briefly
-trained digits model feeds its blocks on all 360 val digits: the PyTorch reference, the
-ONNX local function and the onnxruntime-extensions op in ONNX Runtime, the native C++
-CPU kernel through ONNX Runtime and through torch, and the CPU emulator of the CUDA
-kernels (slow, so it sees the first images only). ``bench/mask_agreement.py``
-runs the same comparison on the fully trained demo models of several seeds.
+bit for bit, ties included, at fp32 and fp16 inputs. The inputs are what briefly trained
+digits models (5 seeds; top-8 coefficient pruning on even seeds, a 0.035 threshold on odd
+ones, which leaves 3-100 % of a block's rows without a coefficient and so exercises the fill) feed their blocks on
+all 360 val digits: the PyTorch reference, the ONNX local function and the
+onnxruntime-extensions op in ONNX Runtime, the native C++ CPU kernel through ONNX Runtime
+and through torch, and the CPU emulator of the CUDA kernels (slow, so it sees the first
+images only). ``bench/mask_agreement.py`` runs the same comparison on the fully trained
+demo models of the selection study.
 """
 import importlib.util
 import sys
@@ -22,10 +24,11 @@ from sparsifiner.export.verify import capture_op_inputs, ort_op, selection_agree
 from sparsifiner.ops.reference import topk_masked_attention_reference
 
 TRT_TESTS = Path(__file__).resolve().parents[1] / "trt_plugins"
-EMULATED_IMAGES = 6
+EMULATED_IMAGES = 4
+SEEDS = (0, 1, 2, 3, 4)
 
 
-def tiny_recipe():
+def tiny_recipe(seed: int = 0):
     from sparsifiner.train.recipe import build_train_settings, load_recipe
 
     recipe = load_recipe("demo")
@@ -33,24 +36,28 @@ def tiny_recipe():
                    "timm_kwargs": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 1}})
     recipe["teacher"] = {**recipe["teacher"], "epochs": 2, "lr": 2e-3, "warmup_epochs": 0}
     recipe["phase1"] = {**recipe["phase1"], "epochs": 2, "warmup_epochs": 0}
-    # Top-8 coefficients (the released config): a briefly trained predictor's rows are too
-    # flat for the 0.05 threshold to keep any; the demo study covers threshold pruning.
-    return build_train_settings(recipe, {"sparsifiner.coef_prune": "topk"})
+    # Even seeds: top-8 coefficients (the released config). Odd seeds: a briefly trained
+    # predictor's rows are too flat for the demo's 0.05 threshold to keep any, so 0.035
+    # (just above uniform, 1/32), which leaves 3-100 % of a block's rows without a coefficient.
+    prune = {"sparsifiner.coef_prune": "topk"} if seed % 2 == 0 else {
+        "sparsifiner.coef_prune": "threshold", "sparsifiner.coef_threshold": 0.035}
+    return build_train_settings(recipe, {"seed": seed, **prune})
 
 
-@pytest.fixture(scope="module")
-def captured(tmp_path_factory):
+@pytest.fixture(scope="module", params=SEEDS, ids=[f"seed{s}" for s in SEEDS])
+def captured(request, tmp_path_factory):
     from sparsifiner.data import build_datasets
     from sparsifiner.model.source import load_checkpoint
     from sparsifiner.model.sparsify import prune_basis, set_mode
     from sparsifiner.train.runner import artifact_path, run_training
 
-    out = tmp_path_factory.mktemp("trained")
+    out = tmp_path_factory.mktemp(f"trained_seed{request.param}")
+    recipe = tiny_recipe(request.param)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_training(tiny_recipe(), "teacher", out, progress=False)
-        run_training(tiny_recipe().replace(checkpoint=str(artifact_path(out, "teacher"))), "1", out, progress=False)
+        run_training(recipe, "teacher", out, progress=False)
+        run_training(recipe.replace(checkpoint=str(artifact_path(out, "teacher"))), "1", out, progress=False)
     finally:
         torch.set_num_threads(threads)
     model, _ = load_checkpoint(artifact_path(out, "phase1"))
@@ -65,7 +72,9 @@ def reference_op(dtype, budget, cls_rows):
     return lambda q, k, v, coef, basis: topk_masked_attention_reference(q, k, v, coef, basis, budget, 1.0, cls_rows)
 
 
+@pytest.fixture(scope="module")
 def emulator_op():
+    """A factory of emulated-kernel ops (the emulator is built once per module)."""
     sys.path.insert(0, str(TRT_TESTS))
     from emulated_kernel import EmulatedKernel, build_emulator
     from trt_kernel_cases import Case
@@ -84,15 +93,23 @@ def emulator_op():
     return factory
 
 
-def test_captured_inputs_are_on_the_grid(captured):
+def test_captured_inputs_are_on_the_grid(captured, request):
     from sparsifiner.ops.grid import on_grid
 
     assert len(captured) == 2
+    empty_rows = []
     for coef, basis, budget in captured.values():
         assert coef.shape[0] == 360 and budget == 16
         assert on_grid(coef, basis)
-        assert float((coef == 0).float().mean()) == 1 - 8 / 32  # top-8 of R = 32
+        kept = (coef > 0).sum(-1)
+        if request.node.callspec.params["captured"] % 2 == 0:
+            assert bool((kept == 8).all())  # top-8 of R = 32
+        else:
+            assert bool((coef[coef > 0] >= 0.035).all())
+            empty_rows.append(float((kept == 0).float().mean()))
         assert float((basis == 0).float().mean()) > 0.2  # a pruned basis
+    if empty_rows:  # threshold seeds: some rows have no coefficient left (filled entirely), some keep some
+        assert max(empty_rows) > 0.01 and min(empty_rows) < 1, empty_rows
 
 
 def test_ort_and_reference_select_the_same_keys(captured):
@@ -138,8 +155,8 @@ def test_native_cpu_kernel_selects_the_same_keys(captured):
             assert counts == {"rows": 2 * 360 * 64, "rows_differing": 0}, (dtype, name)
 
 
-def test_cuda_kernel_emulator_selects_the_same_keys(captured):
-    report = selection_agreement(captured, {"cuda_emulator": emulator_op()}, head_dim=64,
+def test_cuda_kernel_emulator_selects_the_same_keys(captured, emulator_op):
+    report = selection_agreement(captured, {"cuda_emulator": emulator_op}, head_dim=64,
                                  limit={"cuda_emulator": EMULATED_IMAGES})
     for dtype, by_impl in report.items():
         assert by_impl["cuda_emulator"] == {"rows": 2 * EMULATED_IMAGES * 64, "rows_differing": 0}, dtype
