@@ -1,16 +1,23 @@
 """validate_onnx, its input loaders and the backend-agnostic comparator."""
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
+from sparsifiner.artifacts import read_metadata
+from sparsifiner.data.feeds import ImageFolderInputs
 from sparsifiner.errors import SparsifinerError
 from sparsifiner.export import ExportSettings, ModelSource, export_onnx
-from sparsifiner.runtime.validate import ValidateSettings, source_for_validation, validate_onnx
-from sparsifiner.runtime.compare import compare_arrays, compare_outputs
-from sparsifiner.data.feeds import ImageFolderInputs
 from sparsifiner.model import prune_basis
 from sparsifiner.model.io import save_sparsifiner
 from sparsifiner.model.zoo import create_demo_sparsifiner
+from sparsifiner.runtime.compare import compare_arrays, compare_outputs
+from sparsifiner.runtime.ort import create_session, with_outputs
+from sparsifiner.runtime.validate import (
+    ValidateSettings,
+    source_for_validation,
+    validate_onnx,
+)
 
 
 @pytest.mark.parametrize("ort_op", ["function", "extensions"])
@@ -123,3 +130,23 @@ def test_validate_demo_digits(exported):
     path, _ = exported("demo", "custom")
     report = validate_onnx(ValidateSettings(onnx_path=str(path), inputs="demo", batch=5, num_batches=2))
     assert report["passed"] and report["samples"] == 10 and "demo digits" in report["inputs"]
+
+
+def test_keep_best_coefficient_exports_and_validates(tmp_path):
+    """coef_keep_best (a predictor setting) is part of the exported graph: ONNX Runtime keeps
+    each row's best coefficient too, so every row has a learned key besides the fill."""
+    from sparsifiner.settings import SparsifinerSettings
+
+    source = ModelSource(model_name="demo", settings=SparsifinerSettings(coef_keep_best=True))
+    out = tmp_path / "keep_best.onnx"
+    export_onnx(ExportSettings(source=source, attention="custom"), out)
+    report = validate_onnx(ValidateSettings(onnx_path=str(out), batch=3, num_batches=2))
+    assert report["passed"] and report["outputs"][0]["max_abs"] < 1e-4
+    assert report["selection"]["rows"] == 2 * 6 * 2 * 3 * 64 and report["selection"]["rows_differing"] == 0
+
+    names = read_metadata(out)["sparsifiner"]["op_inputs"]["coef"]
+    assert len(names) == 6
+    session = create_session(with_outputs(onnx.load(str(out)), names))
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    for coef in session.run(names, {"input": x}):  # random weights: without keep-best every row is empty
+        assert coef.shape == (2, 2, 64, 32) and bool(((coef > 0).sum(-1) == 1).all())
