@@ -158,8 +158,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     impls, skipped = implementations(args.algos)
     rows = []
+    from sparsifiner.errors import SparsifinerError
+
     for checkpoint in checkpoints:
-        rows.append(check(checkpoint, impls, args.emulator_images, args.dtypes))
+        try:
+            rows.append(check(checkpoint, impls, args.emulator_images, args.dtypes))
+        except SparsifinerError as exc:
+            raise SystemExit(f"bench/mask_agreement.py: {exc}") from None
         r = rows[-1]
         print(f"{'agree' if r['agree'] else 'DIFFER':6} {r['rows_differing']:>7} rows differ  "
               f"exact={r['exact_scores']!s:5} {r['coef_prune']:<9} {r['seconds']:>7.1f} s  {checkpoint}", flush=True)
