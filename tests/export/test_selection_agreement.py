@@ -4,9 +4,9 @@ With exact scores (sparsifiner.ops.grid) a key set is a function of the op's inp
 whatever the summation order, so the keys read out of each implementation (q = k = 0,
 v one-hot: sparsifiner.runtime.selection.probe_selection) must equal the reference's
 bit for bit, ties included, at fp32 and fp16 inputs. The inputs are what briefly trained
-digits models (5 seeds; top-8 coefficient pruning on even seeds, a 0.035 threshold on odd
-ones, which leaves 3-100 % of a block's rows without a coefficient and so exercises the fill) feed their blocks on
-all 360 val digits: the PyTorch reference, the ONNX local function and the
+digits models (5 seeds; top-8 coefficient pruning on even seeds, a 0.035 threshold on
+odd ones, which leaves 3-100 % of a block's rows without a coefficient and so exercises
+the fill) feed their blocks on all 360 val digits: the PyTorch reference, the ONNX local function and the
 onnxruntime-extensions op in ONNX Runtime, the native C++ CPU kernel through ONNX Runtime
 and through torch, and the CPU emulator of the CUDA kernels (slow, so it sees the first
 images only). ``bench/mask_agreement.py`` runs the same comparison on the fully trained
