@@ -48,25 +48,27 @@ def study_checkpoints(study: Path) -> list[Path]:
     return picked
 
 
-def emulator_factory(algo: str):
-    import torch
-
+def emulator():
+    """The CUDA kernels' CPU emulator (built once), or None without the CUDA toolkit's headers."""
     sys.path.insert(0, str(ROOT / "tests" / "trt_plugins"))
     from emulated_kernel import EmulatedKernel, build_emulator
-    from trt_kernel_cases import Case
 
     from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir
 
     home = cuda_toolkit_home()
     if home is None:
         return None
-    emulator = EmulatedKernel(build_emulator(Path(tempfile.mkdtemp(prefix="spf_masks_")), plugin_source_dir(), home))
+    return EmulatedKernel(build_emulator(Path(tempfile.mkdtemp(prefix="spf_masks_")), plugin_source_dir(), home))
+
+
+def emulator_factory(kernels, algo: str):
+    import torch
+    from trt_kernel_cases import Case
 
     def factory(dtype, budget, cls_rows):
         if algo in ("tiled", "tiled2d") and dtype == torch.float32:
             return None  # the tensor-core kernels take fp16 and bf16 only
-        return lambda q, k, v, coef, basis: emulator.run(Case(q, k, v, coef, basis, budget, 1.0, cls_rows),
-                                                         algo=algo)[0]
+        return lambda q, k, v, coef, basis: kernels.run(Case(q, k, v, coef, basis, budget, 1.0, cls_rows), algo=algo)[0]
 
     return factory
 
@@ -99,12 +101,12 @@ def implementations(algos) -> tuple[dict, dict]:
             lambda q, k, v, coef, basis: cpu_binding.topk_masked_attention_cpu(q, k, v, coef, basis, budget, 1.0, cls))
     except SparsifinerError as exc:
         skipped["ort_native"] = skipped["torch_native"] = str(exc)
+    kernels = emulator() if algos else None
     for algo in algos:
-        factory = emulator_factory(algo)
-        if factory is None:
+        if kernels is None:
             skipped[f"cuda_emulator_{algo}"] = "no CUDA toolkit headers (set CUDA_HOME)"
         else:
-            impls[f"cuda_emulator_{algo}"] = factory
+            impls[f"cuda_emulator_{algo}"] = emulator_factory(kernels, algo)
     return impls, skipped
 
 
@@ -148,6 +150,8 @@ def main(argv=None) -> int:
     checkpoints = list(args.checkpoints) + (study_checkpoints(args.study) if args.study else [])
     if not checkpoints:
         parser.error("pass checkpoints or --study")
+    if args.emulator_images < 1:
+        parser.error("--emulator-images must be at least 1")
     missing = [str(p) for p in checkpoints if not p.exists()]
     if missing:
         raise SystemExit(f"bench/mask_agreement.py: no such checkpoint: {', '.join(missing)}")
