@@ -75,16 +75,12 @@ def case_list(ns, keep_rate, fixed_budget, inputs):
 def emulator():
     sys.path.insert(0, str(ROOT / "tests" / "trt_plugins"))
     sys.path.insert(0, str(ROOT))
-    import tempfile
+    from emulated_kernel import load_emulator
 
-    from emulated_kernel import EmulatedKernel, build_emulator
-    from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir
-
-    home = cuda_toolkit_home()
-    if home is None:
+    kernels = load_emulator()
+    if kernels is None:
         raise SystemExit("bench/cost_model.py: needs the CUDA toolkit's headers (set CUDA_HOME)")
-    out = Path(tempfile.mkdtemp(prefix="spf_costmodel_"))
-    return EmulatedKernel(build_emulator(out, plugin_source_dir(), home))
+    return kernels
 
 
 def make_case(n, budget, mode, heads, d, rank, seed=0):

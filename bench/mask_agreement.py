@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,19 +45,6 @@ def study_checkpoints(study: Path) -> list[Path]:
         raise SystemExit(f"bench/mask_agreement.py: no exact-score phase 2 checkpoints under {study}/seed*/"
                          f"{{{','.join(EXACT_VARIANTS)}}}: run bench/selection_study.py first")
     return picked
-
-
-def emulator():
-    """The CUDA kernels' CPU emulator (built once), or None without the CUDA toolkit's headers."""
-    sys.path.insert(0, str(ROOT / "tests" / "trt_plugins"))
-    from emulated_kernel import EmulatedKernel, build_emulator
-
-    from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir
-
-    home = cuda_toolkit_home()
-    if home is None:
-        return None
-    return EmulatedKernel(build_emulator(Path(tempfile.mkdtemp(prefix="spf_masks_")), plugin_source_dir(), home))
 
 
 def emulator_factory(kernels, algo: str):
@@ -101,7 +87,12 @@ def implementations(algos) -> tuple[dict, dict]:
             lambda q, k, v, coef, basis: cpu_binding.topk_masked_attention_cpu(q, k, v, coef, basis, budget, 1.0, cls))
     except SparsifinerError as exc:
         skipped["ort_native"] = skipped["torch_native"] = str(exc)
-    kernels = emulator() if algos else None
+    kernels = None
+    if algos:
+        sys.path.insert(0, str(ROOT / "tests" / "trt_plugins"))
+        from emulated_kernel import load_emulator
+
+        kernels = load_emulator()
     for algo in algos:
         if kernels is None:
             skipped[f"cuda_emulator_{algo}"] = "no CUDA toolkit headers (set CUDA_HOME)"
@@ -160,10 +151,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    impls, skipped = implementations(args.algos)
-    rows = []
     from sparsifiner.errors import SparsifinerError
 
+    impls, skipped = implementations(args.algos)
+    rows = []
     for checkpoint in checkpoints:
         try:
             rows.append(check(checkpoint, impls, args.emulator_images, args.dtypes))

@@ -14,7 +14,6 @@ demo models of the selection study.
 """
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,16 +75,12 @@ def reference_op(dtype, budget, cls_rows):
 def emulator_op():
     """A factory of emulated-kernel ops (the emulator is built once per module)."""
     sys.path.insert(0, str(TRT_TESTS))
-    from emulated_kernel import EmulatedKernel, build_emulator
+    from emulated_kernel import load_emulator
     from trt_kernel_cases import Case
 
-    from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir
-
-    home = cuda_toolkit_home()
-    if home is None:
+    emulator = load_emulator()
+    if emulator is None:
         pytest.skip("no CUDA toolkit headers for the CPU emulator of the kernels")
-    emulator = EmulatedKernel(build_emulator(Path(tempfile.mkdtemp(prefix="sparsifiner-emulator-")),
-                                             plugin_source_dir(), home))
 
     def factory(dtype, budget, cls_rows):
         return lambda q, k, v, coef, basis: emulator.run(Case(q, k, v, coef, basis, budget, 1.0, cls_rows))[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +34,18 @@ def build_emulator(out_dir: Path, plugin_dir: Path, cuda_home: Path) -> Path:
     ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return library
+
+
+def load_emulator(out_dir: Path | None = None) -> "EmulatedKernel | None":
+    """The emulator built from this checkout's kernels and the CUDA toolkit's headers (in
+    ``out_dir``, default a new temporary folder); None where the headers are missing."""
+    from sparsifiner.ops.cuda_binding import cuda_toolkit_home, plugin_source_dir
+
+    home = cuda_toolkit_home()
+    if home is None:
+        return None
+    out = out_dir or Path(tempfile.mkdtemp(prefix="spf_emulator_"))
+    return EmulatedKernel(build_emulator(out, plugin_source_dir(), home))
 
 
 class EmulatedKernel:
